@@ -1,0 +1,21 @@
+"""Shared test fixtures. Reference fixtures are read in place from ../shared/reference."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+REFERENCE_DIR = (ROOT / ".." / "shared" / "reference").resolve()
+
+
+@pytest.fixture(scope="session")
+def reference_dir() -> Path:
+    if not REFERENCE_DIR.is_dir():
+        pytest.fail(
+            f"reference fixtures not found at {REFERENCE_DIR}: the tests need ../shared/reference "
+            "beside the project root (CI provides it)",
+            pytrace=False,
+        )
+    return REFERENCE_DIR
