@@ -1,0 +1,100 @@
+"""Image preprocessing with PIL and numpy (no torchvision).
+
+The eval transform reproduces OpenAI's exactly: resize the shorter side with PIL bicubic, center
+crop, convert to RGB, scale to [0, 1], normalize. The conversion to RGB comes after the resize, as
+in OpenAI's and open_clip's pipelines; it matters for palette images, which PIL resizes with
+nearest-neighbour sampling.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Callable
+
+import numpy as np
+import torch
+from PIL import Image
+
+# Dataset statistics OpenAI used for all released models.
+OPENAI_MEAN = (0.48145466, 0.4578275, 0.40821073)
+OPENAI_STD = (0.26862954, 0.26130258, 0.27577711)
+
+
+def resize_shorter(image: Image.Image, size: int) -> Image.Image:
+    """Resize so the shorter side is ``size`` (longer side truncated, as torchvision's Resize(int))."""
+    w, h = image.size
+    short, long = (w, h) if w <= h else (h, w)
+    if short == size:
+        return image
+    new_short, new_long = size, int(size * long / short)
+    new_w, new_h = (new_short, new_long) if w <= h else (new_long, new_short)
+    return image.resize((new_w, new_h), Image.Resampling.BICUBIC)
+
+
+def center_crop(image: Image.Image, size: int) -> Image.Image:
+    """Center crop to size × size (torchvision's rounding); smaller images are zero-padded first."""
+    w, h = image.size
+    if w < size or h < size:
+        padded = Image.new(image.mode, (max(w, size), max(h, size)))
+        padded.paste(image, ((max(w, size) - w) // 2, (max(h, size) - h) // 2))
+        image, (w, h) = padded, padded.size
+    top = int(round((h - size) / 2.0))
+    left = int(round((w - size) / 2.0))
+    return image.crop((left, top, left + size, top + size))
+
+
+def to_tensor(image: Image.Image, mean=OPENAI_MEAN, std=OPENAI_STD) -> torch.Tensor:
+    """PIL RGB image → normalized float tensor [3, H, W]."""
+    array = np.asarray(image.convert("RGB"), dtype=np.float32) / 255.0  # [H, W, 3]
+    array = (array - np.asarray(mean, dtype=np.float32)) / np.asarray(std, dtype=np.float32)
+    return torch.from_numpy(np.ascontiguousarray(array.transpose(2, 0, 1)))  # [3, H, W]
+
+
+class EvalTransform:
+    """OpenAI's eval transform: PIL image → FloatTensor [3, size, size]."""
+
+    def __init__(self, image_size: int, mean=OPENAI_MEAN, std=OPENAI_STD):
+        self.image_size, self.mean, self.std = image_size, mean, std
+
+    def __call__(self, image: Image.Image) -> torch.Tensor:
+        image = center_crop(resize_shorter(image, self.image_size), self.image_size)
+        return to_tensor(image, self.mean, self.std)
+
+    def __repr__(self) -> str:
+        return f"EvalTransform(image_size={self.image_size})"
+
+
+class TrainTransform:
+    """Random resized square crop (the paper's only augmentation), then resize and normalize.
+
+    The randomness comes from the generator passed in, so a data pipeline can derive it from
+    (seed, epoch, sample key) and reproduce a run exactly regardless of worker scheduling.
+    """
+
+    def __init__(self, image_size: int, scale: tuple[float, float] = (0.9, 1.0), mean=OPENAI_MEAN, std=OPENAI_STD):
+        if not 0 < scale[0] <= scale[1] <= 1:
+            raise ValueError(f"scale must satisfy 0 < min <= max <= 1, got {scale}")
+        self.image_size, self.scale, self.mean, self.std = image_size, scale, mean, std
+
+    def __call__(self, image: Image.Image, rng: np.random.Generator | None = None) -> torch.Tensor:
+        rng = rng if rng is not None else np.random.default_rng()
+        w, h = image.size
+        area = w * h * rng.uniform(*self.scale)
+        side = max(1, min(w, h, int(round(math.sqrt(area)))))
+        left = int(rng.integers(0, w - side + 1))
+        top = int(rng.integers(0, h - side + 1))
+        crop = image.crop((left, top, left + side, top + side))
+        if side != self.image_size:
+            crop = crop.resize((self.image_size, self.image_size), Image.Resampling.BICUBIC)
+        return to_tensor(crop, self.mean, self.std)
+
+    def __repr__(self) -> str:
+        return f"TrainTransform(image_size={self.image_size}, scale={self.scale})"
+
+
+def eval_transform(image_size: int, mean=OPENAI_MEAN, std=OPENAI_STD) -> Callable[[Image.Image], torch.Tensor]:
+    return EvalTransform(image_size, mean, std)
+
+
+def train_transform(image_size: int, scale: tuple[float, float] = (0.9, 1.0), mean=OPENAI_MEAN, std=OPENAI_STD):
+    return TrainTransform(image_size, scale, mean, std)
