@@ -69,12 +69,17 @@ _OPENAI = {
 }
 
 
+OPENAI_MODELS: tuple[str, ...] = tuple(_OPENAI)
+
+
 def _gelu(config: ModelConfig) -> ModelConfig:
     return config.replace(vision={"act": "gelu"}, text={"act": "gelu"})
 
 
+# OpenAI's nine first, in the order of OpenAI's clip.available_models(); then the GELU variants.
 for _name, (_dashed, _config) in _OPENAI.items():
     register_model(_name, _config, f"OpenAI {_name} (QuickGELU)", aliases=(f"{_dashed}-quickgelu",))
+for _name, (_dashed, _config) in _OPENAI.items():
     if _dashed != _name:  # ViTs: open_clip's plain dashed name is the GELU variant
         register_model(_dashed, _gelu(_config), f"{_name} shapes with GELU (open_clip's {_dashed})")
 

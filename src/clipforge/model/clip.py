@@ -32,6 +32,9 @@ class CLIP(TextTower, nn.Module):
 
     def encode_image(self, images: torch.Tensor) -> torch.Tensor:
         """Images [N, 3, S, S] → projected, unnormalized features [N, embed_dim]."""
+        size = self.image_size
+        if images.dim() != 4 or images.shape[1] != 3 or images.shape[2:] != (size, size):
+            raise ValueError(f"images must have shape [N, 3, {size}, {size}] for this model, got {list(images.shape)}")
         return self.visual(images.to(self.dtype))
 
     def forward(self, images: torch.Tensor, tokens: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:

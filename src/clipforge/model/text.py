@@ -45,6 +45,8 @@ class TextTower:
         The sequence is read out at the end-of-text token, which has the largest id in the
         vocabulary, so ``argmax`` over the ids finds it.
         """
+        if tokens.dim() != 2 or tokens.is_floating_point():
+            raise ValueError(f"tokens must be integer ids of shape [N, L], got {tokens.dtype} {list(tokens.shape)}")
         length = tokens.shape[1]
         if length > self.context_length:
             raise ValueError(f"token sequences of length {length} exceed the context length {self.context_length}")
