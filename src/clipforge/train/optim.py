@@ -1,0 +1,134 @@
+"""AdamW with the paper's parameter groups, the cosine schedule, and locked towers (LiT).
+
+Paper, Appendix F: decoupled weight decay (Loshchilov & Hutter 2019) on weights only, none on
+gains, biases, 1-D parameters and the logit scale; β1 0.9; β2 0.98 and ε 1e-6 for ViTs, 0.999 and
+1e-8 for ResNets; a cosine schedule (Loshchilov & Hutter 2016) after a linear warm-up.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from clipforge.config import MAX_LOGIT_SCALE
+
+
+@dataclass(frozen=True)
+class OptimConfig:
+    lr: float = 5e-4
+    weight_decay: float = 0.2
+    beta1: float = 0.9
+    beta2: float | None = None  # None: the paper's value for the image tower's family
+    eps: float | None = None  # None: likewise
+    clip_grad_norm: float | None = None  # None: no clipping
+    lock_image: bool = False  # LiT: freeze the image tower ...
+    lock_image_unlocked_groups: int = 0  # ... but its last n layer groups
+    lock_text: bool = False
+    lock_text_unlocked_layers: int = 0
+
+
+@dataclass(frozen=True)
+class ScheduleConfig:
+    kind: str = "cosine"  # "cosine" or "constant" (both after the warm-up)
+    warmup_steps: int = 2000
+    min_lr: float = 0.0
+
+
+# (β2, ε) by image-tower family (paper, Appendix F, Tables 19-20).
+FAMILY_ADAM = {"vit": (0.98, 1e-6), "resnet": (0.999, 1e-8)}
+
+
+def _no_decay(name: str, param: nn.Parameter) -> bool:
+    """Gains, biases, 1-D tensors (norms, class embedding) and the loss scalars get no weight decay."""
+    return param.ndim < 2 or name.rsplit(".", 1)[-1] in ("bias", "logit_scale", "logit_bias")
+
+
+def param_groups(model: nn.Module, weight_decay: float) -> list[dict]:
+    """Two AdamW groups over the trainable parameters: with and without weight decay."""
+    decay, no_decay = [], []
+    for name, param in model.named_parameters():
+        if param.requires_grad:
+            (no_decay if _no_decay(name, param) else decay).append(param)
+    return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+
+
+def build_optimizer(model: nn.Module, cfg: OptimConfig, family: str) -> torch.optim.AdamW:
+    """AdamW over ``model``'s trainable parameters; ``family`` is "vit" or "resnet"."""
+    beta2, eps = FAMILY_ADAM[family]
+    beta2 = cfg.beta2 if cfg.beta2 is not None else beta2
+    eps = cfg.eps if cfg.eps is not None else eps
+    groups = [g for g in param_groups(model, cfg.weight_decay) if g["params"]]
+    if not groups:
+        raise ValueError("no trainable parameters: both towers and every parameter are locked")
+    # foreach keeps the arithmetic order fixed from run to run (bitwise-exact resume).
+    return torch.optim.AdamW(groups, lr=cfg.lr, betas=(cfg.beta1, beta2), eps=eps, foreach=True)
+
+
+def learning_rate(step: int, base_lr: float, total_steps: int, cfg: ScheduleConfig) -> float:
+    """The learning rate of optimizer step ``step`` (0-based): linear warm-up, then cosine or constant."""
+    if cfg.kind not in ("cosine", "constant"):
+        raise ValueError(f"schedule.kind {cfg.kind!r}: expected 'cosine' or 'constant'")
+    if step < cfg.warmup_steps:
+        return base_lr * (step + 1) / cfg.warmup_steps
+    if cfg.kind == "constant":
+        return base_lr
+    span = max(1, total_steps - cfg.warmup_steps)
+    progress = min(1.0, (step - cfg.warmup_steps) / span)
+    return cfg.min_lr + 0.5 * (1 + math.cos(math.pi * progress)) * (base_lr - cfg.min_lr)
+
+
+def set_learning_rate(optimizer: torch.optim.Optimizer, lr: float) -> None:
+    for group in optimizer.param_groups:
+        group["lr"] = lr
+
+
+@torch.no_grad()
+def clamp_logit_scale(clip: nn.Module) -> None:
+    """Paper, section 2.5: the temperature is clipped so that exp(logit_scale) ≤ 100."""
+    clip.logit_scale.clamp_(0, MAX_LOGIT_SCALE)
+
+
+def image_layer_groups(clip: nn.Module) -> list[list[nn.Module | nn.Parameter]]:
+    """The image tower in order, input to output: stem, one group per block/stage, head."""
+    visual = clip.visual
+    if hasattr(visual, "attnpool"):  # ModifiedResNet
+        stem = [visual.conv1, visual.bn1, visual.conv2, visual.bn2, visual.conv3, visual.bn3]
+        return [stem, *[[getattr(visual, f"layer{i}")] for i in range(1, 5)], [visual.attnpool]]
+    stem = [visual.conv1, visual.class_embedding, visual.positional_embedding, visual.ln_pre]
+    blocks = [[block] for block in visual.transformer.resblocks]
+    return [stem, *blocks, [visual.ln_post, visual.proj]]
+
+
+def text_layer_groups(clip: nn.Module) -> list[list[nn.Module | nn.Parameter]]:
+    stem = [clip.token_embedding, clip.positional_embedding]
+    blocks = [[block] for block in clip.transformer.resblocks]
+    return [stem, *blocks, [clip.ln_final, clip.text_projection]]
+
+
+def lock_groups(groups: list[list[nn.Module | nn.Parameter]], unlocked: int) -> list[nn.Module]:
+    """Freeze all groups but the last ``unlocked``; returns the frozen modules (kept in eval mode
+    by the trainer, so that frozen BatchNorm layers do not update their statistics)."""
+    if not 0 <= unlocked <= len(groups):
+        raise ValueError(f"cannot leave {unlocked} of {len(groups)} layer groups unlocked")
+    frozen_modules = []
+    for group in groups[: len(groups) - unlocked]:
+        for item in group:
+            params = [item] if isinstance(item, nn.Parameter) else list(item.parameters())
+            for param in params:
+                param.requires_grad_(False)
+            if isinstance(item, nn.Module):
+                frozen_modules.append(item)
+    return frozen_modules
+
+
+def apply_locks(clip: nn.Module, cfg: OptimConfig) -> list[nn.Module]:
+    """Lock the towers the config asks for (LiT, Zhai et al. 2022); returns the frozen modules."""
+    frozen = []
+    if cfg.lock_image:
+        frozen += lock_groups(image_layer_groups(clip), cfg.lock_image_unlocked_groups)
+    if cfg.lock_text:
+        frozen += lock_groups(text_layer_groups(clip), cfg.lock_text_unlocked_layers)
+    return frozen
