@@ -1,0 +1,104 @@
+"""Natural, varied captions for synthetic scenes.
+
+Every caption names every object with its colour and its shape (so the image-text pairing stays
+learnable with several objects), while templates, synonyms and word order vary: object phrases
+("a small red circle", "a circle in red", "a big red object shaped like a circle"), sentence frames
+("a picture of ...", "... on a dark background.", "two objects: ..."), spatial relations computed
+from the layout, and a random order of objects. Zero-shot class names are phrases the captions
+use: "circle", "red object", "red circle", "two objects".
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from clipforge.data.render import Obj, Scene
+
+COUNT_WORDS = ("one", "two", "three")
+_SHAPE_SYNONYMS = {"circle": ("disk",), "cross": ("plus sign",)}
+_COLOUR_SYNONYMS = {"purple": ("violet",)}
+_SIZE_WORDS = {"small": ("small", "little", "tiny"), "large": ("large", "big")}
+_MEDIA = ("picture", "photo", "image", "drawing", "rendering")
+_POSITION_PHRASES = {  # "... a red circle {phrase}"
+    "top left": "in the top left", "top": "at the top", "top right": "in the top right",
+    "left": "on the left", "center": "in the center", "right": "on the right",
+    "bottom left": "in the bottom left", "bottom": "at the bottom", "bottom right": "in the bottom right",
+}
+SYNONYM_P = 0.15  # how often a shape/colour synonym replaces the canonical word
+
+
+def article(phrase: str) -> str:
+    return ("an " if phrase[0] in "aeiou" else "a ") + phrase
+
+
+def _pick(rng: np.random.Generator, options: tuple[str, ...] | list[str]) -> str:
+    return options[int(rng.integers(len(options)))]
+
+
+def _word(rng: np.random.Generator, word: str, synonyms: dict[str, tuple[str, ...]]) -> str:
+    if word in synonyms and rng.random() < SYNONYM_P:
+        return _pick(rng, synonyms[word])
+    return word
+
+
+def object_phrase(obj: Obj, rng: np.random.Generator, with_position: bool = True) -> str:
+    """An indefinite noun phrase naming the object's colour and shape (and maybe size/position)."""
+    shape = _word(rng, obj.shape, _SHAPE_SYNONYMS)
+    colour = _word(rng, obj.colour, _COLOUR_SYNONYMS)
+    size = _pick(rng, _SIZE_WORDS[obj.size])
+    forms = [
+        f"{colour} {shape}",
+        f"{size} {colour} {shape}",
+        f"{shape} in {colour}",
+        f"{size} {colour} object shaped like {article(shape)}",
+        f"{colour} object shaped like {article(shape)}",
+    ]
+    phrase = article(_pick(rng, forms))
+    if with_position and rng.random() < 0.3:
+        phrase += " " + _POSITION_PHRASES[obj.position]
+    return phrase
+
+
+def join_list(phrases: list[str], rng: np.random.Generator) -> str:
+    if len(phrases) == 1:
+        return phrases[0]
+    sep = ", and " if len(phrases) > 2 and rng.random() < 0.5 else " and "
+    return ", ".join(phrases[:-1]) + sep + phrases[-1]
+
+
+def _relation(a: Obj, b: Obj) -> str:
+    """Where a is relative to b, from their centres."""
+    dx, dy = a.x - b.x, a.y - b.y
+    if abs(dx) >= abs(dy):
+        return "to the left of" if dx < 0 else "to the right of"
+    return "above" if dy < 0 else "below"
+
+
+def describe(scene: Scene, rng: np.random.Generator) -> str:
+    """One caption of ``scene`` (mentions every object's colour and shape)."""
+    objs = [scene.objects[i] for i in rng.permutation(len(scene.objects))]
+    medium = _pick(rng, _MEDIA)
+    tone = scene.background.get("tone", "plain")
+    background = "a patterned" if tone == "patterned" else article(tone)
+    if len(objs) == 1:
+        np_ = object_phrase(objs[0], rng, with_position=False)
+        pos = _POSITION_PHRASES[objs[0].position]
+        frames = [
+            f"{np_}.", f"{article(medium)} of {np_}.", f"{np_} on {background} background.",
+            f"there is {np_} {pos}.", f"{pos}, {np_}.", f"this {medium} shows {np_}.",
+            f"one object: {np_}.", f"{article(medium)} of {np_} {pos}.",
+        ]
+        return _pick(rng, frames)
+    phrases = [object_phrase(o, rng) for o in objs]
+    listing = join_list(phrases, rng)
+    count = COUNT_WORDS[len(objs) - 1]
+    frames = [
+        f"{count} objects: {listing}.", f"{article(medium)} of {listing}.",
+        f"{listing} on {background} background.", f"there are {count} objects: {listing}.",
+        f"{article(medium)} of {count} objects: {listing}.",
+    ]
+    if len(objs) == 2:
+        a = object_phrase(objs[0], rng, with_position=False)
+        b = object_phrase(objs[1], rng, with_position=False)
+        frames.append(f"{a} {_relation(objs[0], objs[1])} {b}.")
+    return _pick(rng, frames)

@@ -1,0 +1,321 @@
+"""The training data loader: shards -> (decode, transform | tokenize) -> batches, per rank.
+
+Usage::
+
+    loader = build_loader(DataConfig(shards="world/train/{00000..00099}.tar", batch_size=128),
+                          train_transform(64), tokenizer, rank=rank, world_size=world_size)
+    for epoch in range(epochs):
+        loader.set_epoch(epoch)
+        for images, tokens in loader:      # FloatTensor [B,3,S,S], LongTensor [B,L]
+            ...
+    state = loader.state_dict()            # exact position, restore with load_state_dict
+
+Iteration yields :class:`Batch` (``images``, ``tokens``, ``keys`` and bookkeeping); it unpacks as
+``images, tokens = batch``. ``len(loader) == loader.num_batches`` is identical on every rank
+(see :mod:`clipforge.data.sharding` for the equalisation by padding).
+
+Exact resume. Each logical worker w of a rank produces a deterministic stream: its shards, shuffle
+buffer and padding are seeded by (seed, epoch, slot), and each sample's augmentation by
+(seed, epoch, shard/key, pass), never by process RNG state. torch's DataLoader hands out batches
+round robin over workers in order, and every logical worker yields the same number of batches, so
+batch k of an epoch always comes from logical worker ``k % W``. A batch records its logical worker
+and how many raw stream items that worker had consumed. ``state_dict`` keeps the batch count and
+the consumed count per logical worker; on restore, physical worker p serves logical worker
+``(p + k) % W`` (so the cycle restarts at the right one) and skips its consumed items without
+decoding them (reading bytes only), then continues: the batches are bitwise equal to the
+uninterrupted run's.
+
+Transforms: ``transform(image)`` (eval) or ``transform(image, rng)`` (train; ``rng`` a
+``numpy.random.Generator``), told apart by their signature. The tokenizer is any callable
+``tokenizer(list[str]) -> LongTensor [N, L]``; captions are tokenized per batch, in the worker.
+"""
+
+from __future__ import annotations
+
+import inspect
+import zlib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, Iterator
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader, IterableDataset, get_worker_info
+
+from clipforge.data.decode import CAPTION_EXTS, IMAGE_EXTS, BadSample, DecodeConfig, decode_caption, decode_image, pick
+from clipforge.data.report import DataReport
+from clipforge.data.sharding import EpochPlan, plan_epoch, slot_events
+from clipforge.data.sources import RawSample, ShardFailure, ShardRef, list_shards, load_bytes
+
+Transform = Callable[..., torch.Tensor]
+Tokenizer = Callable[[list[str]], torch.Tensor]
+
+
+@dataclass(frozen=True)
+class DataConfig:
+    """Where the data is and how to batch it.
+
+    shards: spec (brace-expanded, ``::``-joined) or list of URLs; a .csv/.tsv; or a folder.
+    source: ``auto`` | ``wds`` | ``csv`` | ``folder``.
+    workers: DataLoader worker processes per rank (0: load in the main process).
+    epoch_size: samples per epoch over all ranks (default: the shards' counts).
+    resampled: draw shards with replacement (needs epoch_size or counts).
+    error_budget: fraction of bad samples above which the run stops.
+    report: JSON report path (``.rank{r}`` inserted before the suffix when world_size > 1).
+    """
+
+    shards: str | tuple[str, ...] | list[str] = ""
+    source: str = "auto"
+    batch_size: int = 64
+    workers: int = 2
+    seed: int = 0
+    epoch_size: int | None = None
+    resampled: bool = False
+    shuffle_buffer: int = 1000
+    error_budget: float = 0.01
+    report: str | None = None
+    decode: DecodeConfig = DecodeConfig()
+    csv_columns: tuple[str, str] | None = None
+
+
+@dataclass
+class Batch:
+    """images FloatTensor [B,3,S,S], tokens LongTensor [B,L], keys (``shard/key``) of length B.
+
+    ``worker`` (logical worker id), ``consumed`` (raw items that worker has read) and ``report``
+    (bad samples met while building this batch) are bookkeeping for the loader's state and report.
+    """
+
+    images: torch.Tensor
+    tokens: torch.Tensor
+    keys: list[str]
+    worker: int = 0
+    consumed: int = 0
+    report: DataReport = field(default_factory=DataReport)
+
+    def __iter__(self) -> Iterator[torch.Tensor]:
+        return iter((self.images, self.tokens))
+
+    def pin_memory(self) -> Batch:
+        self.images, self.tokens = self.images.pin_memory(), self.tokens.pin_memory()
+        return self
+
+
+def _takes_rng(transform: Transform) -> bool:
+    try:
+        params = inspect.signature(transform).parameters.values()
+    except (TypeError, ValueError):
+        return False
+    positional = [p for p in params if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)]
+    return len(positional) >= 2 or any(p.kind == p.VAR_POSITIONAL for p in params)
+
+
+def sample_rng(seed: int, epoch: int, shard: str, key: str, pass_index: int) -> np.random.Generator:
+    """The augmentation RNG of one sample: a function of its identity, not of worker state."""
+    return np.random.default_rng([seed, epoch, zlib.crc32(f"{shard}/{key}".encode()), pass_index])
+
+
+@dataclass
+class _Start:
+    """Where each logical worker starts: batches already delivered and raw items consumed."""
+
+    plan: EpochPlan
+    rotation: int
+    done: list[int]
+    consumed: list[int]
+
+
+class _SlotDataset(IterableDataset):
+    """Worker side: one logical worker's batches for the configured epoch."""
+
+    def __init__(self, shards: list[ShardRef], config: DataConfig, transform: Transform,
+                 tokenizer: Tokenizer, rank: int, workers: int) -> None:
+        self.shards, self.config, self.rank, self.workers = shards, config, rank, workers
+        self.transform, self.tokenizer = transform, tokenizer
+        self.with_rng = _takes_rng(transform)
+        self.start: _Start | None = None
+
+    def __iter__(self) -> Iterator[Batch]:
+        assert self.start is not None, "configure the epoch first"
+        info = get_worker_info()
+        logical = ((info.id if info else 0) + self.start.rotation) % self.workers
+        yield from self._batches(logical)
+
+    def _batches(self, logical: int) -> Iterator[Batch]:
+        start, cfg = self.start, self.config
+        plan = start.plan
+        events = slot_events(self.shards, plan, self.rank * self.workers + logical, cfg.seed,
+                             cfg.shuffle_buffer)
+        consumed = start.consumed[logical]
+        for _ in range(consumed):  # resume: skip without decoding anything
+            next(events)
+        delta, images, captions, keys = DataReport(), [], [], []
+        last_pass, valid_in_pass = 0, 0
+        for done in range(start.done[logical], plan.batches_per_slot):
+            while len(images) < cfg.batch_size:
+                item, pass_index = next(events)
+                consumed += 1
+                if pass_index != last_pass:
+                    if pass_index > 1 and valid_in_pass == 0:
+                        raise RuntimeError("no readable sample left to pad with: all data is bad")
+                    last_pass, valid_in_pass = pass_index, 0
+                sample = self._process(item, pass_index, delta if pass_index == 0 else None)
+                if sample is None:
+                    continue
+                valid_in_pass += 1
+                images.append(sample[0])
+                captions.append(sample[1])
+                keys.append(f"{item.shard}/{item.key}")
+                if pass_index == 0:
+                    delta.seen += 1
+                else:
+                    delta.padded += 1
+            yield Batch(torch.stack(images), self.tokenizer(captions), keys, logical, consumed, delta)
+            delta, images, captions, keys = DataReport(), [], [], []
+
+    def _process(self, item: RawSample | ShardFailure, pass_index: int,
+                 report: DataReport | None) -> tuple[torch.Tensor, str] | None:
+        """Decode one item; bad ones are recorded in ``report`` (first pass only) and dropped."""
+        if isinstance(item, ShardFailure):
+            if report is not None:
+                report.add_failure(item)
+            return None
+        try:
+            return self._decode(item, pass_index)
+        except BadSample as bad:
+            if report is not None:
+                report.add_bad(item.shard, item.key, bad.reason, bad.detail)
+            return None
+
+    def _decode(self, item: RawSample, pass_index: int) -> tuple[torch.Tensor, str]:
+        if item.flaw:
+            raise BadSample(item.flaw)
+        _, image_value = pick(item.files, IMAGE_EXTS)
+        if image_value is None:
+            raise BadSample("missing_image")
+        caption = decode_caption(load_bytes(pick(item.files, CAPTION_EXTS)[1]))  # cheap checks first
+        data = load_bytes(image_value)
+        if data is None:
+            raise BadSample("missing_image", "file not found")
+        image = decode_image(data, self.config.decode)
+        try:
+            if self.with_rng:
+                rng = sample_rng(self.config.seed, self.start.plan.epoch, item.shard, item.key, pass_index)
+                return self.transform(image, rng), caption
+            return self.transform(image), caption
+        except Exception as exc:  # a transform failing on one odd image must not stop the run
+            raise BadSample("transform_error", f"{type(exc).__name__}: {exc}") from None
+
+
+class ShardLoader:
+    """Main-process side: epochs, DataLoader, rank-equal batch counts, exact state, report."""
+
+    def __init__(self, config: DataConfig, transform: Transform, tokenizer: Tokenizer,
+                 rank: int = 0, world_size: int = 1) -> None:
+        if not 0 <= rank < world_size:
+            raise ValueError(f"rank {rank} outside world_size {world_size}")
+        self.config, self.rank, self.world_size = config, rank, world_size
+        self.workers = max(1, config.workers)  # logical workers per rank
+        self.shards = list_shards(config.shards, config.source, csv_columns=config.csv_columns)
+        self.dataset = _SlotDataset(self.shards, config, transform, tokenizer, rank, self.workers)
+        self._plans: dict[int, EpochPlan] = {}
+        self._reset(0)
+
+    def _reset(self, epoch: int) -> None:
+        """Position at the start of ``epoch``: batches delivered, raw items consumed per worker."""
+        self.epoch, self._batches, self._consumed = epoch, 0, [0] * self.workers
+        self.report = DataReport()
+
+    # -- epochs and sizes -------------------------------------------------------------------
+
+    def set_epoch(self, epoch: int) -> None:
+        """Choose the epoch to iterate next (a restored position in that epoch is kept)."""
+        if epoch != self.epoch:
+            self._reset(epoch)
+
+    def plan(self, epoch: int | None = None) -> EpochPlan:
+        epoch = self.epoch if epoch is None else epoch
+        if epoch not in self._plans:
+            cfg = self.config
+            self._plans = {epoch: plan_epoch(
+                self.shards, num_slots=self.world_size * self.workers, batch_size=cfg.batch_size,
+                seed=cfg.seed, epoch=epoch, epoch_size=cfg.epoch_size, resampled=cfg.resampled)}
+        return self._plans[epoch]
+
+    @property
+    def num_batches(self) -> int:
+        """Batches per epoch on this rank; the same on every rank."""
+        return self.plan().batches_per_slot * self.workers
+
+    def __len__(self) -> int:
+        return self.num_batches
+
+    # -- iteration ------------------------------------------------------------------------
+
+    def __iter__(self) -> Iterator[Batch]:
+        """Batches from the current position to the end of the epoch (a finished epoch restarts)."""
+        plan = self.plan()
+        if self._batches >= self.num_batches:
+            self._reset(self.epoch)
+        k, w = self._batches, self.workers
+        self.dataset.start = _Start(plan, k % w, [k // w + (l < k % w) for l in range(w)], list(self._consumed))
+        loader = DataLoader(self.dataset, batch_size=None, num_workers=self.config.workers,
+                            pin_memory=torch.cuda.is_available(), persistent_workers=False)
+        expected = plan.expected_for_rank(self.rank, w)
+        for batch in loader:
+            if batch.worker != self._batches % w:  # the round-robin contract; never expected to fail
+                raise RuntimeError(f"batch from worker {batch.worker}, expected {self._batches % w}")
+            self._batches += 1
+            self._consumed[batch.worker] = batch.consumed
+            self.report.merge(batch.report)
+            self._check_budget(expected)
+            yield batch
+        self._check_budget(None)
+        self._write_report()
+
+    def _check_budget(self, expected: int | None) -> None:
+        try:
+            self.report.check_budget(self.config.error_budget, expected)
+        except Exception:
+            self._write_report()
+            raise
+
+    def report_path(self) -> Path | None:
+        if not self.config.report:
+            return None
+        path = Path(self.config.report)
+        return path.with_name(f"{path.stem}.rank{self.rank}{path.suffix}") if self.world_size > 1 else path
+
+    def _write_report(self) -> None:
+        path = self.report_path()
+        if path is not None:
+            self.report.write(path)
+
+    # -- state ----------------------------------------------------------------------------
+
+    def _fingerprint(self) -> dict:
+        c = self.config
+        return {"seed": c.seed, "batch_size": c.batch_size, "workers": self.workers, "rank": self.rank,
+                "world_size": self.world_size, "shards": [s.name for s in self.shards],
+                "resampled": c.resampled, "epoch_size": c.epoch_size, "shuffle_buffer": c.shuffle_buffer}
+
+    def state_dict(self) -> dict:
+        """The exact position: epoch, batches delivered, raw items consumed per logical worker."""
+        return {"epoch": self.epoch, "batches": self._batches, "consumed": list(self._consumed),
+                "report": self.report.to_dict(), "fingerprint": self._fingerprint()}
+
+    def load_state_dict(self, state: dict) -> None:
+        """Restore a position; the next iteration continues epoch ``state['epoch']`` exactly."""
+        mine = self._fingerprint()
+        diff = {k: (v, mine.get(k)) for k, v in state["fingerprint"].items() if mine.get(k) != v}
+        if diff:
+            raise ValueError(f"loader state does not match this configuration: {diff}")
+        self._reset(state["epoch"])
+        self._batches, self._consumed = state["batches"], list(state["consumed"])
+        self.report = DataReport.from_dict(state["report"])
+
+
+def build_loader(config: DataConfig, transform: Transform, tokenizer: Tokenizer,
+                 rank: int = 0, world_size: int = 1) -> ShardLoader:
+    """The loader for ``rank`` of ``world_size``: iterate it once per epoch after ``set_epoch``."""
+    return ShardLoader(config, transform, tokenizer, rank, world_size)
