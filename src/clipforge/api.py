@@ -1,7 +1,8 @@
-"""The public entry points: ``load`` a model with its preprocessing and tokenizer."""
+"""The public entry points: ``load`` a model with its preprocessing and tokenizer, ``save`` one."""
 
 from __future__ import annotations
 
+import json
 import os
 from pathlib import Path
 from typing import Any, Callable
@@ -14,12 +15,15 @@ from clipforge.checkpoint import (
     read_directory_config,
     read_state_dict,
     resize_positional_embedding,
+    save_directory,
 )
 from clipforge.config import ModelConfig
 from clipforge.factory import resolve_config
 from clipforge.model import CLIP
 from clipforge.registry import available_models, canonical_name
 from clipforge.transforms import eval_transform
+
+OPENAI_VOCAB_SIZE = 49408
 
 
 def load(
@@ -37,26 +41,59 @@ def load(
     from the directory's config.json, else ``model`` (a registered name or config: needed for GELU
     checkpoints, whose shapes equal the QuickGELU ones), else it is inferred from the shapes.
     ``image_size`` interpolates the positional embedding to another input resolution.
+    ``tokenizer`` is the one saved with the model, else OpenAI's (None when its vocabulary file is
+    not available offline; see ``clipforge.tokenizer.download_openai_vocab``).
     """
-    path = Path(name_or_path)
-    if not path.exists() and _is_model_name(str(name_or_path)):
-        from clipforge.hub import download_openai
+    path = _resolve_path(name_or_path, download_root)
+    clip = load_model(path, device=device, model=model, image_size=image_size)
+    return clip, eval_transform(clip.image_size), _tokenizer_for(path, clip.config)
 
-        path = download_openai(str(name_or_path), download_root)
+
+def load_model(
+    path: str | os.PathLike,
+    *,
+    device: str | torch.device = "cpu",
+    model: str | ModelConfig | None = None,
+    image_size: int | None = None,
+) -> CLIP:
+    """Only the model of ``load`` (a local checkpoint file or directory), in eval mode."""
+    path = Path(path)
     state = read_state_dict(path)
     config = (read_directory_config(path) if path.is_dir() else None) or (
-        resolve_config(model) if model is not None else infer_config(state)
+        resolve_config(model) if model is not None else infer_config(state, source=str(path))
     )
     if image_size is not None and image_size != config.vision.image_size:
-        resize_positional_embedding(state, image_size, config.vision.patch_size)
+        try:
+            resize_positional_embedding(state, image_size, config.vision.patch_size)
+        except KeyError as err:
+            raise CheckpointError(f"{path}: no positional embedding {err} to resize") from err
         config = config.replace(vision={"image_size": image_size})
     clip = CLIP(config)
     try:
         clip.load_state_dict(state, strict=True)
     except RuntimeError as err:
         raise CheckpointError(f"{path}: weights do not fit the architecture {config}: {err}") from err
-    clip = clip.to(device).eval()
-    return clip, eval_transform(config.vision.image_size), _tokenizer_for(path, config)
+    return clip.to(device).eval()
+
+
+def save(model: CLIP, directory: str | os.PathLike, tokenizer: Any = None) -> Path:
+    """Write ``model`` in clipforge's format: ``directory``/model.safetensors, config.json (the
+    resolved architecture) and the tokenizer's files; ``load(directory)`` gives it back."""
+    return save_directory(model, directory, tokenizer)
+
+
+def _resolve_path(name_or_path: str | os.PathLike, download_root: str | os.PathLike | None) -> Path:
+    path = Path(name_or_path)
+    if path.exists():
+        return path
+    if _is_model_name(str(name_or_path)):
+        from clipforge.hub import download_openai
+
+        return download_openai(str(name_or_path), download_root)
+    raise CheckpointError(
+        f"{name_or_path}: no such file or directory, and not a model name with released weights "
+        f"(OpenAI's: {', '.join(available_models()[:9])})"
+    )
 
 
 def _is_model_name(name: str) -> bool:
@@ -70,13 +107,22 @@ def _is_model_name(name: str) -> bool:
 def _tokenizer_for(path: Path, config: ModelConfig):
     """The tokenizer saved with the model, else OpenAI's (when the vocabulary sizes agree)."""
     from clipforge.tokenizer import Tokenizer
+    from clipforge.tokenizer.core import CONFIG_FILE
 
-    if path.is_dir() and Tokenizer.is_saved_in(path):
-        return Tokenizer.from_directory(path)
-    if config.text.vocab_size != 49408:
+    saved = path / CONFIG_FILE if path.is_dir() else None
+    # An HF directory may hold its own tokenizer.json: only ours has type "clip_bpe".
+    if saved is not None and saved.is_file() and json.loads(saved.read_text()).get("type") == "clip_bpe":
+        tokenizer = Tokenizer.from_directory(path)
+        if tokenizer.vocab_size > config.text.vocab_size:
+            raise CheckpointError(
+                f"{path}: the saved tokenizer has {tokenizer.vocab_size} ids but the model's vocabulary only "
+                f"{config.text.vocab_size}"
+            )
+        return tokenizer
+    if config.text.vocab_size != OPENAI_VOCAB_SIZE:
         raise CheckpointError(
             f"{path}: the model has a vocabulary of {config.text.vocab_size} tokens but no tokenizer files "
-            "are saved with it, and OpenAI's vocabulary has 49408"
+            f"are saved with it, and OpenAI's vocabulary has {OPENAI_VOCAB_SIZE}"
         )
     try:
         return Tokenizer.openai(context_length=config.text.context_length)
@@ -84,4 +130,4 @@ def _tokenizer_for(path: Path, config: ModelConfig):
         return None  # the model still loads; tokenize() explains how to get the vocabulary
 
 
-__all__ = ["load", "available_models"]
+__all__ = ["load", "load_model", "save", "available_models"]

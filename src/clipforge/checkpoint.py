@@ -1,18 +1,26 @@
 """Reading and writing checkpoints safely, and inferring OpenAI architectures from their shapes.
 
 Formats read: OpenAI's released files (TorchScript archives and plain state_dicts), open_clip
-checkpoints (``{"state_dict": ...}``, ``module.`` prefixes), safetensors files, and this project's
-own format: a directory with ``model.safetensors``, ``config.json`` and the tokenizer's files.
+checkpoints (``{"state_dict": ...}``, ``module.`` prefixes), safetensors files, HF transformers'
+``CLIPModel`` (a ``save_pretrained`` directory or its state_dict), and this project's own format:
+a directory with ``model.safetensors``, ``config.json`` and the tokenizer's files.
 
-Safety: pickled files are read with ``torch.load(weights_only=True)`` only; there is no fallback
-to full unpickling. TorchScript archives are read by TorchScript's own loader, which rebuilds
-only tensors and TorchScript modules (no arbitrary Python objects); their code is never run.
+Safety: nothing in a checkpoint is ever executed.
+- Pickles are read with ``torch.load(weights_only=True)`` only; there is no fallback to full unpickling.
+- TorchScript archives are not opened with ``torch.jit.load`` (which compiles the archive's code and
+  runs its ``__setstate__`` methods): their ``data.pkl`` is read by a restricted unpickler that rebuilds
+  tensors and inert stand-ins for modules, and refuses every other global (see ``_ArchiveUnpickler``).
 """
 
 from __future__ import annotations
 
+import collections
 import json
+import os
 import pickle
+import re
+import struct
+import tempfile
 import zipfile
 from pathlib import Path
 from typing import Any
@@ -25,8 +33,15 @@ from clipforge.config import ModelConfig, TextConfig, VisionConfig
 
 WEIGHTS_NAME = "model.safetensors"
 CONFIG_NAME = "config.json"
+_HF_PICKLE_NAME = "pytorch_model.bin"
+_SHARD_INDEX = "model.safetensors.index.json"
 # Extra entries in OpenAI's TorchScript state_dicts that are not parameters.
 _JIT_EXTRAS = ("input_resolution", "context_length", "vocab_size")
+_STORAGE_DTYPES = {
+    "FloatStorage": torch.float32, "HalfStorage": torch.float16, "BFloat16Storage": torch.bfloat16,
+    "DoubleStorage": torch.float64, "LongStorage": torch.int64, "IntStorage": torch.int32,
+    "ShortStorage": torch.int16, "CharStorage": torch.int8, "ByteStorage": torch.uint8, "BoolStorage": torch.bool,
+}
 
 
 class CheckpointError(ValueError):
@@ -34,51 +49,64 @@ class CheckpointError(ValueError):
 
 
 def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
-    """Tensors of a checkpoint in OpenAI's key layout, from any supported format."""
+    """Tensors of a checkpoint (file or directory, any supported format) in OpenAI's key layout."""
     path = Path(path)
     if path.is_dir():
-        path = path / WEIGHTS_NAME
-    if not path.is_file():
-        raise CheckpointError(f"{path}: no such checkpoint file")
-    if path.suffix == ".safetensors":
-        try:
-            state = load_file(str(path))
-        except (SafetensorError, OSError, ValueError) as err:
-            raise CheckpointError(f"{path}: not a readable safetensors file ({err})") from err
-    elif _is_torchscript(path):
-        state = _read_torchscript(path)
+        state, source = _read_directory_weights(path)
+    elif path.is_file():
+        state, source = read_file(path), path
     else:
-        state = _read_pickle(path)
-    return normalize_state_dict(state, source=str(path))
+        raise CheckpointError(f"{path}: no such checkpoint file or directory")
+    return normalize_state_dict(state, source=str(source))
 
 
-def _is_torchscript(path: Path) -> bool:
-    if not zipfile.is_zipfile(path):
+def read_file(path: Path) -> dict[str, Any]:
+    """The raw contents of one checkpoint file; the format is recognised from the bytes, not the name."""
+    if path.suffix == ".safetensors" or _looks_like_safetensors(path):
+        try:
+            return load_file(str(path))
+        except (SafetensorError, OSError, ValueError) as err:
+            raise CheckpointError(f"{path}: not a readable safetensors file, truncated or corrupt ({err})") from err
+    if zipfile.is_zipfile(path) and _is_torchscript(path):
+        return read_torchscript(path)
+    return _read_pickle(path)
+
+
+def _looks_like_safetensors(path: Path) -> bool:
+    """safetensors: an 8-byte little-endian header length, then a JSON header."""
+    with open(path, "rb") as f:
+        head = f.read(9)
+    if len(head) < 9 or head[8:9] != b"{":
         return False
-    try:
-        with zipfile.ZipFile(path) as archive:
-            return any(name.endswith("constants.pkl") or "/code/" in name for name in archive.namelist())
-    except zipfile.BadZipFile:
-        return False
+    return 2 <= struct.unpack("<Q", head[:8])[0] <= path.stat().st_size - 8
 
 
-def _read_torchscript(path: Path) -> dict[str, torch.Tensor]:
-    try:
-        module = torch.jit.load(str(path), map_location="cpu")
-    except Exception as err:  # TorchScript raises RuntimeError subclasses of many kinds
-        raise CheckpointError(f"{path}: not a readable TorchScript archive ({err})") from err
-    return dict(module.state_dict())
+def _read_directory_weights(directory: Path) -> tuple[dict[str, Any], Path]:
+    for name in (WEIGHTS_NAME, _HF_PICKLE_NAME):
+        if (directory / name).is_file():
+            return read_file(directory / name), directory / name
+    index = directory / _SHARD_INDEX
+    if index.is_file():  # HF sharded safetensors: {"weight_map": {key: shard file}}
+        shards = sorted(set(json.loads(index.read_text())["weight_map"].values()))
+        state: dict[str, Any] = {}
+        for shard in shards:
+            state.update(read_file(directory / shard))
+        return state, index
+    raise CheckpointError(f"{directory}: no {WEIGHTS_NAME}, {_HF_PICKLE_NAME} or {_SHARD_INDEX} in this directory")
 
 
 def _read_pickle(path: Path) -> dict[str, Any]:
     try:
         obj = torch.load(str(path), map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as err:
-        raise CheckpointError(
-            f"{path}: refused: the file holds objects other than tensors and plain containers, and "
-            f"clipforge never unpickles those (weights_only=True). Convert it to safetensors in a trusted "
-            f"environment. Details: {err}"
-        ) from err
+        refused = re.search(r"(?i)unsupported global[^\n]*|GLOBAL [\w.]+[^\n]*", str(err))
+        if refused:
+            raise CheckpointError(
+                f"{path}: refused: the file holds Python objects other than tensors and plain containers "
+                f"({refused.group(0).strip()}); clipforge never unpickles those (weights_only=True). "
+                "Convert it to safetensors in a trusted environment."
+            ) from err
+        raise CheckpointError(f"{path}: not a readable PyTorch checkpoint, corrupt or another kind of file") from err
     except (RuntimeError, EOFError, OSError, ValueError, zipfile.BadZipFile) as err:
         raise CheckpointError(f"{path}: truncated or corrupt checkpoint ({type(err).__name__}: {err})") from err
     if not isinstance(obj, dict):
@@ -86,8 +114,127 @@ def _read_pickle(path: Path) -> dict[str, Any]:
     return obj
 
 
+# ---- TorchScript archives (OpenAI's released .pt files), read without running their code ----------
+
+def _is_torchscript(path: Path) -> bool:
+    try:
+        with zipfile.ZipFile(path) as archive:
+            return any(n.endswith("/constants.pkl") or n == "constants.pkl" for n in archive.namelist())
+    except zipfile.BadZipFile:
+        return False
+
+
+class _ScriptObject:
+    """Inert stand-in for a TorchScript object: keeps its pickled attributes, has none of its code."""
+
+    qualname = ""
+    state: Any = None
+
+    def __setstate__(self, state: Any) -> None:
+        self.state = state
+
+
+def _rebuild_tensor(storage: torch.Tensor, offset: int, size, stride, *_ignored) -> torch.Tensor:
+    return storage.as_strided(tuple(size), tuple(stride), offset)
+
+
+def _identity(value):
+    return value
+
+
+class _ArchiveUnpickler(pickle.Unpickler):
+    """Unpickles a TorchScript ``data.pkl``; the only globals it resolves are tensor rebuilding,
+    storage types, ``OrderedDict``, TorchScript's list helpers and ``__torch__.*`` classes (as inert
+    ``_ScriptObject`` subclasses). Anything else is refused before it can be called."""
+
+    _SAFE = {("collections", "OrderedDict"): collections.OrderedDict, ("torch._utils", "_rebuild_tensor_v2"): _rebuild_tensor}
+    _SAFE.update({("torch.jit._pickle", n): _identity for n in ("build_intlist", "build_doublelist", "build_boollist",
+                                                                "build_tensorlist")})
+
+    def __init__(self, data: bytes, archive: zipfile.ZipFile, prefix: str):
+        import io
+
+        super().__init__(io.BytesIO(data))
+        self.archive, self.prefix = archive, prefix
+        self.classes: dict[str, type] = {}
+        self.storages: dict[str, torch.Tensor] = {}
+
+    def find_class(self, module: str, name: str) -> Any:
+        if module == "__torch__" or module.startswith("__torch__."):
+            qualname = f"{module}.{name}"
+            return self.classes.setdefault(qualname, type(name, (_ScriptObject,), {"qualname": qualname}))
+        if module == "torch" and name in _STORAGE_DTYPES:
+            return _STORAGE_DTYPES[name]
+        if (module, name) in self._SAFE:
+            return self._SAFE[(module, name)]
+        raise pickle.UnpicklingError(f"refused global {module}.{name}")
+
+    def persistent_load(self, pid: Any) -> torch.Tensor:
+        if not (isinstance(pid, tuple) and len(pid) == 5 and pid[0] == "storage" and isinstance(pid[1], torch.dtype)):
+            raise pickle.UnpicklingError(f"unexpected persistent id {pid!r}")
+        _, dtype, key, _location, numel = pid
+        if key not in self.storages:
+            raw = bytearray(self.archive.read(f"{self.prefix}data/{key}"))
+            itemsize = torch.empty((), dtype=dtype).element_size()
+            if len(raw) != numel * itemsize:
+                raise pickle.UnpicklingError(f"storage {key}: {len(raw)} bytes, expected {numel * itemsize}")
+            self.storages[key] = torch.frombuffer(raw, dtype=dtype) if raw else torch.empty(0, dtype=dtype)
+        return self.storages[key]
+
+
+def read_torchscript(path: Path) -> dict[str, torch.Tensor]:
+    """The state_dict of a TorchScript archive (``torch.jit.load(path).state_dict()``), code not run."""
+    try:
+        with zipfile.ZipFile(path) as archive:
+            names = archive.namelist()
+            data_pkl = next(n for n in names if n == "data.pkl" or n.endswith("/data.pkl"))
+            prefix = data_pkl[: -len("data.pkl")]
+            if f"{prefix}byteorder" in names and archive.read(f"{prefix}byteorder").strip() != b"little":
+                raise CheckpointError(f"{path}: big-endian TorchScript archives are not supported")
+            declared = _declared_state_names(archive, prefix)
+            root = _ArchiveUnpickler(archive.read(data_pkl), archive, prefix).load()
+    except CheckpointError:
+        raise
+    except (pickle.UnpicklingError, StopIteration, KeyError, zipfile.BadZipFile, EOFError, ValueError, TypeError,
+            AttributeError, IndexError, RuntimeError) as err:
+        raise CheckpointError(f"{path}: refused or unreadable TorchScript archive ({type(err).__name__}: {err})") from err
+    if not isinstance(root, _ScriptObject):
+        raise CheckpointError(f"{path}: the TorchScript archive does not hold a module")
+    state: dict[str, torch.Tensor] = {}
+    _collect_tensors(root, "", declared, state)
+    return state
+
+
+def _declared_state_names(archive: zipfile.ZipFile, prefix: str) -> dict[str, set[str]]:
+    """Parameter and buffer names per class, read (as text, never run) from the archive's code files."""
+    declared: dict[str, set[str]] = {}
+    for name in archive.namelist():
+        if not (name.startswith(f"{prefix}code/") and name.endswith(".py")):
+            continue
+        module = name[len(f"{prefix}code/"): -len(".py")].replace("/", ".")
+        source = archive.read(name).decode("utf-8", errors="replace")
+        for match in re.finditer(r"^class (\w+)\(Module\):\n((?:[ \t]+.*\n|\n)*)", source, flags=re.M):
+            body = match[2]
+            lists = re.findall(r"^\s+__(?:parameters|buffers)__ = \[(.*?)\]", body, flags=re.M)
+            declared[f"{module}.{match[1]}"] = {n for part in lists for n in re.findall(r'"(\w+)"', part)}
+    return declared
+
+
+def _collect_tensors(obj: _ScriptObject, prefix: str, declared: dict[str, set[str]], out: dict) -> None:
+    if not isinstance(obj.state, dict):
+        return
+    names = declared.get(obj.qualname)  # None: no declaration found, keep every tensor attribute
+    for name, value in obj.state.items():
+        if isinstance(value, _ScriptObject):
+            _collect_tensors(value, f"{prefix}{name}.", declared, out)
+        elif torch.is_tensor(value) and (names is None or name in names):
+            out[f"{prefix}{name}"] = value
+
+
+# ---- state_dict normalisation and architecture inference ------------------------------------------
+
 def normalize_state_dict(state: dict[str, Any], source: str = "state_dict") -> dict[str, torch.Tensor]:
-    """Unwrap open_clip/trainer containers and strip DDP/compile prefixes."""
+    """Unwrap open_clip/trainer containers, strip DDP/compile prefixes, map HF keys to OpenAI's."""
     for key in ("state_dict", "model", "module"):
         if key in state and isinstance(state[key], dict) and not torch.is_tensor(state[key]):
             state = state[key]
@@ -102,13 +249,27 @@ def normalize_state_dict(state: dict[str, Any], source: str = "state_dict") -> d
         if not torch.is_tensor(value):
             raise CheckpointError(f"{source}: entry {key!r} is a {type(value).__name__}, not a tensor")
         out[key] = value
+    from clipforge import hf  # the key mapping only: no transformers import
+
+    if hf.is_hf_state_dict(out):
+        try:
+            out = hf.state_from_hf(out)
+        except (KeyError, ValueError) as err:
+            raise CheckpointError(f"{source}: not an HF CLIPModel state_dict we can map ({err})") from err
     if "text_projection" not in out or not any(k.startswith("visual.") for k in out):
         raise CheckpointError(f"{source}: not a CLIP state_dict (no 'text_projection' or 'visual.*' keys)")
     return out
 
 
-def infer_config(state: dict[str, torch.Tensor], act: str = "quick_gelu") -> ModelConfig:
+def infer_config(state: dict[str, torch.Tensor], act: str = "quick_gelu", source: str = "state_dict") -> ModelConfig:
     """The architecture of an OpenAI-layout state_dict, read from its shapes (as OpenAI's build_model)."""
+    try:
+        return _infer_config(state, act)
+    except (KeyError, IndexError, ValueError) as err:
+        raise CheckpointError(f"{source}: cannot infer the architecture from its shapes ({type(err).__name__}: {err})") from err
+
+
+def _infer_config(state: dict[str, torch.Tensor], act: str) -> ModelConfig:
     text_width = state["ln_final.weight"].shape[0]
     text = TextConfig(
         context_length=state["positional_embedding"].shape[0],
@@ -149,7 +310,10 @@ def resize_positional_embedding(state: dict[str, torch.Tensor], image_size: int,
     The class/mean token's embedding is kept; the grid is resized bicubically, as open_clip does.
     """
     key = "visual.positional_embedding" if patch_size else "visual.attnpool.positional_embedding"
-    new_grid = image_size // (patch_size or 32)
+    stride = patch_size or 32  # a ModifiedResNet downsamples by 32 before its attention pool
+    if image_size % stride:
+        raise ValueError(f"image_size {image_size} is not a multiple of {stride} for this image tower")
+    new_grid = image_size // stride
     old = state[key]  # [1 + G*G, W]
     old_grid = round((old.shape[0] - 1) ** 0.5)
     if old_grid == new_grid:
@@ -160,13 +324,29 @@ def resize_positional_embedding(state: dict[str, torch.Tensor], image_size: int,
     state[key] = torch.cat([old[:1], grid], dim=0)
 
 
+# ---- writing ---------------------------------------------------------------------------------------
+
+def save_state_dict(state: dict[str, torch.Tensor], path: str | Path, metadata: dict[str, str] | None = None) -> Path:
+    """Write tensors as safetensors, atomically (a temporary file in the same directory, then a rename)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tensors = {k: v.detach().contiguous().cpu() for k, v in state.items()}
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.close(fd)
+    try:
+        save_file(tensors, tmp, metadata={"format": "pt", **(metadata or {})})
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+    return path
+
+
 def save_directory(model: torch.nn.Module, directory: str | Path, tokenizer: Any = None,
                    metadata: dict[str, str] | None = None) -> Path:
     """Write this project's format: model.safetensors + config.json (+ the tokenizer's files)."""
     directory = Path(directory)
-    directory.mkdir(parents=True, exist_ok=True)
-    state = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
-    save_file(state, str(directory / WEIGHTS_NAME), metadata={"format": "pt", **(metadata or {})})
+    save_state_dict(model.state_dict(), directory / WEIGHTS_NAME, metadata)
     model.config.save(directory / CONFIG_NAME)
     if tokenizer is not None:
         tokenizer.save(directory)
@@ -174,10 +354,16 @@ def save_directory(model: torch.nn.Module, directory: str | Path, tokenizer: Any
 
 
 def read_directory_config(directory: Path) -> ModelConfig | None:
+    """The config.json of our format or of an HF ``save_pretrained`` directory; None when absent."""
     path = directory / CONFIG_NAME
     if not path.is_file():
         return None
     try:
-        return ModelConfig.from_dict(json.loads(path.read_text()))
-    except (json.JSONDecodeError, TypeError, ValueError) as err:
+        data = json.loads(path.read_text())
+        if data.get("model_type") == "clip" or "text_config" in data:
+            from clipforge.hf import config_from_hf
+
+            return config_from_hf(data)
+        return ModelConfig.from_dict(data)
+    except (json.JSONDecodeError, TypeError, ValueError, KeyError) as err:
         raise CheckpointError(f"{path}: invalid model config ({err})") from err

@@ -1,0 +1,231 @@
+"""Checkpoint formats (OpenAI TorchScript and state_dicts, open_clip, safetensors, ours), safe loading
+(nothing in a file ever runs), and clear errors that name the file."""
+
+from __future__ import annotations
+
+import os
+import pickle
+import warnings
+import zipfile
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import save_file
+
+import clipforge
+from clipforge.api import load_model, save
+from clipforge.checkpoint import CheckpointError, read_state_dict, read_torchscript
+from clipforge.tokenizer import train_bpe
+
+
+class _Payload:
+    """Pickles to a call of os.system: unpickling it would create the marker file."""
+
+    def __init__(self, marker: Path):
+        self.marker = marker
+
+    def __reduce__(self):
+        return (os.system, (f"touch {self.marker}",))
+
+
+def _inputs(model, n_images=2, n_texts=3, length=16):
+    gen = torch.Generator().manual_seed(1)
+    size, vocab = model.image_size, model.config.text.vocab_size
+    images = torch.randn(n_images, 3, size, size, generator=gen)
+    tokens = torch.randint(1, vocab - 2, (n_texts, length), generator=gen)
+    tokens[:, 0], tokens[:, -1] = vocab - 2, vocab - 1  # start / end of text
+    return images, tokens
+
+
+def _assert_same_outputs(a, b):
+    images, tokens = _inputs(a)
+    with torch.no_grad():
+        torch.testing.assert_close(a.encode_image(images), b.encode_image(images), atol=1e-6, rtol=0)
+        torch.testing.assert_close(a.encode_text(tokens), b.encode_text(tokens), atol=1e-6, rtol=0)
+
+
+@pytest.fixture(scope="module")
+def tiny_vit():
+    torch.manual_seed(0)
+    return clipforge.create_model("tiny-vit")
+
+
+@pytest.fixture(scope="module")
+def torchscript_archive(tiny_vit, tmp_path_factory):
+    """A TorchScript archive shaped like OpenAI's released .pt files: the traced CLIP module with
+    ``encode_image``/``encode_text`` methods and the extra ``input_resolution``, ``context_length`` and
+    ``vocab_size`` entries in its state_dict (which OpenAI's ``build_model`` drops)."""
+    model = clipforge.create_model(tiny_vit.config)
+    model.load_state_dict(tiny_vit.state_dict())
+    del model.context_length, model.vocab_size  # plain attributes here; tensors in OpenAI's archives
+    for name, value in (("input_resolution", 32), ("context_length", 77), ("vocab_size", 49408)):
+        model.register_buffer(name, torch.tensor(value))
+    images, tokens = _inputs(tiny_vit)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # tracer warnings about Python-side shape checks
+        traced = torch.jit.trace_module(
+            model, {"encode_image": (images,), "encode_text": (tokens,)}, check_trace=False
+        )
+    path = tmp_path_factory.mktemp("jit") / "ViT-tiny.pt"
+    traced.save(str(path))
+    return path
+
+
+def test_torchscript_archive_gives_jit_state_dict_and_same_outputs(torchscript_archive, tiny_vit):
+    ours = read_torchscript(torchscript_archive)
+    reference = torch.jit.load(str(torchscript_archive)).state_dict()  # our own, trusted file
+    assert ours.keys() == reference.keys() and "input_resolution" in ours
+    for key in reference:
+        assert torch.equal(ours[key], reference[key]), key
+    model, preprocess, _ = clipforge.load(torchscript_archive)  # architecture inferred from shapes
+    assert model.config == tiny_vit.config and preprocess.image_size == 32
+    _assert_same_outputs(model, tiny_vit)
+
+
+def test_plain_openai_state_dict(tmp_path, tiny_vit):
+    path = tmp_path / "openai_state.pt"
+    torch.save(tiny_vit.state_dict(), path)
+    _assert_same_outputs(load_model(path), tiny_vit)
+
+
+def test_open_clip_checkpoint_with_module_prefix(tmp_path, tiny_vit):
+    path = tmp_path / "epoch_3.pt"
+    state = {f"module.{k}": v for k, v in tiny_vit.state_dict().items()}
+    torch.save({"epoch": 3, "name": "run", "state_dict": state}, path)
+    _assert_same_outputs(load_model(path), tiny_vit)
+
+
+def test_safetensors_recognised_by_content_not_name(tmp_path, tiny_vit):
+    path = tmp_path / "weights.bin"
+    save_file({k: v.contiguous() for k, v in tiny_vit.state_dict().items()}, str(path))
+    _assert_same_outputs(load_model(path), tiny_vit)
+
+
+def test_own_format_round_trip_with_tokenizer(tmp_path):
+    """config.json decides the architecture (a GELU model: shapes alone would say QuickGELU) and
+    the tokenizer travels with the model."""
+    texts = ["a red circle", "a blue square", "two green triangles", "a red square"] * 5
+    tokenizer = train_bpe(texts, vocab_size=600, min_frequency=1, context_length=32)
+    torch.manual_seed(0)
+    model = clipforge.create_model("demo-vit", vision={"act": "gelu"}, text={"act": "gelu", "vocab_size": 600})
+    directory = clipforge.api.save(model, tmp_path / "run" / "final", tokenizer=tokenizer)
+    assert {p.name for p in directory.iterdir()} >= {"model.safetensors", "config.json", "tokenizer.json"}
+    loaded, preprocess, loaded_tokenizer = clipforge.load(directory)
+    assert loaded.config == model.config and loaded.config.text.act == "gelu"
+    assert preprocess.image_size == 64
+    torch.testing.assert_close(loaded_tokenizer(texts[:3]), tokenizer(texts[:3]), atol=0, rtol=0)
+    _assert_same_outputs(loaded, model)
+    assert save is clipforge.api.save
+
+
+def test_payload_really_runs_when_unpickled(tmp_path):
+    """The control: the payload used below does create its marker when unpickled unsafely."""
+    marker = tmp_path / "PWNED"
+    pickle.loads(pickle.dumps(_Payload(marker)))
+    assert marker.exists()
+
+
+def _assert_nothing_ran(marker: Path):
+    assert not marker.exists(), "the payload ran while loading"
+
+
+@pytest.mark.parametrize("via", ["torch.save", "pickle.dumps"])
+def test_malicious_pickle_is_refused_and_nothing_runs(tmp_path, via):
+    marker, path = tmp_path / "PWNED", tmp_path / "evil.pt"
+    if via == "torch.save":
+        torch.save({"text_projection": torch.zeros(2, 2), "extra": _Payload(marker)}, path)
+    else:
+        path.write_bytes(pickle.dumps(_Payload(marker), protocol=2))  # the protocol torch.load reads
+    with pytest.raises(CheckpointError, match=rf"{path}: refused.*(posix|os|nt)\.system"):
+        clipforge.load(path)
+    _assert_nothing_ran(marker)
+
+
+def _with_data_pkl(archive: Path, out: Path, data: bytes) -> Path:
+    with zipfile.ZipFile(archive) as src, zipfile.ZipFile(out, "w") as dst:
+        for name in src.namelist():
+            dst.writestr(name, data if name.endswith("/data.pkl") else src.read(name))
+    return out
+
+
+def test_torchscript_lookalike_with_malicious_data_pkl_is_refused(tmp_path, torchscript_archive):
+    """A zip with TorchScript's layout but a data.pkl that calls os.system: our reader refuses the
+    global before anything is called (torch.jit.load is never used on a checkpoint)."""
+    marker = tmp_path / "PWNED"
+    evil = _with_data_pkl(torchscript_archive, tmp_path / "evil_jit.pt", pickle.dumps(_Payload(marker), protocol=2))
+    with pytest.raises(CheckpointError, match=rf"{evil}: refused.*refused global (posix|os|nt)\.system"):
+        clipforge.load(evil)
+    _assert_nothing_ran(marker)
+
+
+def test_torch_jit_load_itself_refuses_the_lookalike(tmp_path, torchscript_archive):
+    """What torch.jit.load does with the same file (torch 2.x): its unpickler only resolves TorchScript
+    type names, so the os.system global is an unknown type. We do not rely on this (see above)."""
+    marker = tmp_path / "PWNED"
+    evil = _with_data_pkl(torchscript_archive, tmp_path / "evil_jit.pt", pickle.dumps(_Payload(marker), protocol=2))
+    with pytest.raises(RuntimeError, match="system"):
+        torch.jit.load(str(evil))
+    _assert_nothing_ran(marker)
+
+
+def _truncate(src: Path, dst: Path, fraction: float = 0.5) -> Path:
+    data = src.read_bytes()
+    dst.write_bytes(data[: int(len(data) * fraction)])
+    return dst
+
+
+@pytest.mark.parametrize("kind", ["safetensors", "torch_zip", "torchscript", "random", "empty", "legacy_torch"])
+def test_truncated_or_corrupt_files_name_the_file(tmp_path, tiny_vit, torchscript_archive, kind):
+    state = {k: v.contiguous() for k, v in tiny_vit.state_dict().items()}
+    full = tmp_path / f"full.{kind}"
+    if kind == "safetensors":
+        save_file(state, str(full))
+        path = _truncate(full, tmp_path / "cut.safetensors")
+    elif kind == "torch_zip":
+        torch.save(state, full)
+        path = _truncate(full, tmp_path / "cut.pt")
+    elif kind == "legacy_torch":
+        torch.save(state, full, _use_new_zipfile_serialization=False)
+        path = _truncate(full, tmp_path / "cut_legacy.pt")
+    elif kind == "torchscript":
+        path = _truncate(torchscript_archive, tmp_path / "cut_jit.pt", 0.9)
+    elif kind == "random":
+        path = tmp_path / "noise.pt"
+        path.write_bytes(torch.randint(0, 256, (4096,), generator=torch.Generator().manual_seed(0)).byte().numpy().tobytes())
+    else:
+        path = tmp_path / "empty.pt"
+        path.write_bytes(b"")
+    with pytest.raises(CheckpointError, match=str(path)):
+        clipforge.load(path)
+
+
+def test_torchscript_archive_with_a_missing_tensor_record(tmp_path, torchscript_archive):
+    out = tmp_path / "holes.pt"
+    with zipfile.ZipFile(torchscript_archive) as src, zipfile.ZipFile(out, "w") as dst:
+        for name in src.namelist():
+            if not name.endswith("/data/0"):
+                dst.writestr(name, src.read(name))
+    with pytest.raises(CheckpointError, match=str(out)):
+        read_state_dict(out)
+
+
+def test_state_dict_that_does_not_fit_names_the_file(tmp_path, tiny_vit):
+    path = tmp_path / "vit.safetensors"
+    save_file({k: v.contiguous() for k, v in tiny_vit.state_dict().items()}, str(path))
+    with pytest.raises(CheckpointError, match=rf"{path}: weights do not fit"):
+        clipforge.load(path, model="tiny-rn")
+    state = {k: v.contiguous() for k, v in tiny_vit.state_dict().items() if k != "ln_final.weight"}
+    broken = tmp_path / "no_ln_final.safetensors"
+    save_file(state, str(broken))
+    with pytest.raises(CheckpointError, match=rf"{broken}: cannot infer the architecture"):
+        clipforge.load(broken)
+    path2 = tmp_path / "not_clip.safetensors"
+    save_file({"weight": torch.zeros(3)}, str(path2))
+    with pytest.raises(CheckpointError, match=rf"{path2}: not a CLIP state_dict"):
+        clipforge.load(path2)
+
+
+def test_missing_path_is_a_clear_error(tmp_path):
+    with pytest.raises(CheckpointError, match="no such file or directory"):
+        clipforge.load(tmp_path / "nope.pt")
