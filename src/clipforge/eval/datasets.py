@@ -1,0 +1,239 @@
+"""Evaluation sets on disk and the image features computed from them.
+
+Classification sets are ImageFolder-style: ``root/<class folder>/**/<image>``. Class names (the
+text put into prompts) come from ``root/classnames.json`` when present, either a list or a dict
+``{folder: name}``; a list is matched to the folders by name (exactly, or with ``_`` read as a space,
+ignoring case), and when the names are not folder names it is taken in sorted-folder order, the
+order torchvision's ImageFolder assigns labels and CLIP_benchmark's class-name lists follow.
+Without the file, folder names with ``_`` → space are the class names.
+
+Retrieval sets are images with several captions each: ``root/captions.json``
+(``{image path relative to root: [caption, ...]}``) or a CSV with an image column (``image``,
+``filepath``, ``file``, ...) and a caption column (``caption``, ``text``, ...), several rows per image
+allowed.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+import numpy as np
+import torch
+from PIL import Image
+from torch.utils.data import DataLoader, Dataset
+
+from clipforge.zeroshot import eval_mode, model_device
+
+IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".webp", ".bmp", ".gif", ".tif", ".tiff")
+IMAGE_COLUMNS = ("image", "filepath", "image_path", "path", "file", "filename")
+CAPTION_COLUMNS = ("caption", "text", "title", "txt", "description")
+
+
+@dataclass(frozen=True)
+class ClassificationSet:
+    """Images with integer labels into ``classnames`` (prompt-ready names, label order)."""
+
+    name: str
+    root: Path
+    classnames: tuple[str, ...]
+    paths: tuple[Path, ...]
+    labels: np.ndarray  # [N] int64
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+
+@dataclass(frozen=True)
+class RetrievalSet:
+    """Images and captions; ``caption_image[t]`` is the index of the image caption ``t`` describes."""
+
+    name: str
+    root: Path
+    paths: tuple[Path, ...]
+    captions: tuple[str, ...]
+    caption_image: np.ndarray  # [T] int64
+
+
+def is_image(path: Path) -> bool:
+    return path.is_file() and path.suffix.lower() in IMAGE_EXTENSIONS
+
+
+def is_classification_dir(root: Path) -> bool:
+    """A folder whose subfolders hold images (what :func:`load_classification_set` reads)."""
+    return root.is_dir() and any(d.is_dir() and any(is_image(p) for p in d.rglob("*")) for d in root.iterdir())
+
+
+def load_classification_set(root: str | os.PathLike, name: str | None = None) -> ClassificationSet:
+    root = Path(root)
+    if not root.is_dir():
+        raise FileNotFoundError(f"classification set {root}: not a directory")
+    folders = sorted(d.name for d in root.iterdir() if d.is_dir() and not d.name.startswith("."))
+    classnames = _classnames_for(root, folders)
+    paths, labels = [], []
+    for label, folder in enumerate(folders):
+        files = sorted(p for p in (root / folder).rglob("*") if is_image(p))
+        paths += files
+        labels += [label] * len(files)
+    if not paths:
+        raise ValueError(f"classification set {root}: no images in class folders ({', '.join(folders[:5]) or 'none'})")
+    return ClassificationSet(name or root.name, root, tuple(classnames), tuple(paths), np.asarray(labels, dtype=np.int64))
+
+
+def _norm(name: str) -> str:
+    return name.replace("_", " ").strip().lower()
+
+
+def _classnames_for(root: Path, folders: list[str]) -> list[str]:
+    file = root / "classnames.json"
+    if not file.is_file():
+        return [f.replace("_", " ") for f in folders]
+    try:
+        names = json.loads(file.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
+        raise ValueError(f"{file}: not valid JSON ({err})") from err
+    if isinstance(names, dict):
+        missing = [f for f in folders if f not in names]
+        if missing:
+            raise ValueError(f"{file}: no class name for folders {missing[:5]}")
+        return [str(names[f]) for f in folders]
+    if not isinstance(names, list) or not all(isinstance(n, str) for n in names):
+        raise ValueError(f"{file}: expected a list of class names or a {{folder: name}} object")
+    if len(names) != len(folders):
+        raise ValueError(f"{file}: {len(names)} class names but {len(folders)} class folders in {root}")
+    by_folder = {_norm(n): n for n in names}
+    if len(by_folder) == len(names) and all(_norm(f) in by_folder for f in folders):
+        return [by_folder[_norm(f)] for f in folders]
+    return list(names)  # not folder names: label order = sorted folders, as ImageFolder assigns
+
+
+def load_retrieval_set(source: str | os.PathLike, name: str | None = None) -> RetrievalSet:
+    """A folder with captions.json (or a single CSV), or a CSV file."""
+    source = Path(source)
+    if source.is_dir():
+        csvs = sorted(source.glob("*.csv")) + sorted(source.glob("*.tsv"))
+        if (source / "captions.json").is_file():
+            rows, root = _rows_from_json(source / "captions.json"), source
+        elif len(csvs) == 1:
+            rows, root = _rows_from_csv(csvs[0]), source
+        else:
+            raise FileNotFoundError(f"retrieval set {source}: needs captions.json or exactly one CSV file")
+    elif source.is_file() and source.suffix.lower() in (".csv", ".tsv"):
+        rows, root = _rows_from_csv(source), source.parent
+    elif source.is_file() and source.suffix.lower() == ".json":
+        rows, root = _rows_from_json(source), source.parent
+    else:
+        raise FileNotFoundError(f"retrieval set {source}: not a folder, CSV or captions JSON")
+    return _group_rows(rows, root, name or (source.name if source.is_dir() else source.stem))
+
+
+def _rows_from_json(file: Path) -> list[tuple[str, str]]:
+    try:
+        data = json.loads(file.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
+        raise ValueError(f"{file}: not valid JSON ({err})") from err
+    if not isinstance(data, dict):
+        raise ValueError(f"{file}: expected {{image file: [captions]}}")
+    rows = []
+    for image, captions in data.items():
+        captions = [captions] if isinstance(captions, str) else captions
+        if not isinstance(captions, list) or not captions or not all(isinstance(c, str) for c in captions):
+            raise ValueError(f"{file}: image {image!r} needs a non-empty list of caption strings")
+        rows += [(image, c) for c in captions]
+    return rows
+
+
+def _rows_from_csv(file: Path) -> list[tuple[str, str]]:
+    with open(file, newline="", encoding="utf-8") as handle:
+        reader = csv.DictReader(handle, delimiter="\t" if file.suffix.lower() == ".tsv" else ",")
+        fields = [f.strip().lower() for f in reader.fieldnames or []]
+        image_col = next((c for c in IMAGE_COLUMNS if c in fields), None)
+        caption_col = next((c for c in CAPTION_COLUMNS if c in fields), None)
+        if image_col is None or caption_col is None:
+            raise ValueError(
+                f"{file}: needs an image column (one of {IMAGE_COLUMNS}) and a caption column "
+                f"(one of {CAPTION_COLUMNS}); found {fields}"
+            )
+        original = dict(zip(fields, reader.fieldnames or []))
+        return [(row[original[image_col]], row[original[caption_col]]) for row in reader]
+
+
+def _group_rows(rows: list[tuple[str, str]], root: Path, name: str) -> RetrievalSet:
+    order: dict[str, int] = {}
+    captions, caption_image = [], []
+    for image, caption in rows:
+        index = order.setdefault(image, len(order))
+        captions.append(caption)
+        caption_image.append(index)
+    if not order:
+        raise ValueError(f"retrieval set {root}: no captions")
+    paths = tuple((root / image) for image in order)
+    missing = [str(p) for p in paths if not p.is_file()]
+    if missing:
+        raise FileNotFoundError(f"retrieval set {root}: {len(missing)} images not found, e.g. {missing[0]}")
+    return RetrievalSet(name, root, paths, tuple(captions), np.asarray(caption_image, dtype=np.int64))
+
+
+# ---- features ---------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class ImageFeatures:
+    """``embeddings`` [N, D]: ``encode_image`` outputs (float32, unnormalized). ``pre_projection``
+    [N, W]: the ViT's class token after ``ln_post`` and before ``proj`` (the paper's linear-probe
+    features, Appendix A.3); for other towers the embeddings themselves."""
+
+    embeddings: torch.Tensor
+    pre_projection: torch.Tensor
+
+
+class _ImageFiles(Dataset):
+    def __init__(self, paths: Sequence[Path], preprocess: Callable[[Image.Image], torch.Tensor]):
+        self.paths, self.preprocess = list(paths), preprocess
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+    def __getitem__(self, index: int) -> torch.Tensor:
+        path = self.paths[index]
+        try:
+            with Image.open(path) as image:
+                image.load()
+                return self.preprocess(image)
+        except OSError as err:
+            raise ValueError(f"cannot read image {path}: {err}") from err
+
+
+def encode_images(
+    model: Any,
+    preprocess: Callable[[Image.Image], torch.Tensor],
+    images: Sequence[Path] | Dataset,
+    *,
+    batch_size: int = 256,
+    num_workers: int = 0,
+    progress: bool = True,
+    desc: str = "images",
+) -> ImageFeatures:
+    """Encode image files (or a Dataset of preprocessed [3, S, S] tensors) in batches, with progress."""
+    from tqdm import tqdm
+
+    dataset = images if isinstance(images, Dataset) else _ImageFiles(images, preprocess)
+    loader = DataLoader(dataset, batch_size=batch_size, num_workers=num_workers, shuffle=False)
+    captured: list[torch.Tensor] = []
+    ln_post = getattr(getattr(model, "visual", None), "ln_post", None)
+    hook = ln_post.register_forward_hook(lambda m, i, out: captured.append(out.float().cpu())) if ln_post else None
+    device, embeddings = model_device(model), []
+    try:
+        with eval_mode(model):
+            for batch in tqdm(loader, desc=f"encode {desc}", unit="batch", disable=not progress, leave=False):
+                embeddings.append(model.encode_image(batch.to(device)).float().cpu())
+    finally:
+        if hook is not None:
+            hook.remove()
+    embeddings = torch.cat(embeddings) if embeddings else torch.empty(0, 0)
+    pre = torch.cat(captured) if captured else embeddings
+    return ImageFeatures(embeddings, pre)
