@@ -28,6 +28,9 @@ MERGES_FILE = "bpe_merges.txt.gz"
 CONFIG_FILE = "tokenizer.json"
 _SEPARATOR = "\x00"  # never in a plain-ASCII text, and a chunk of its own once surrounded by spaces
 _PLAIN_MAX_CHARS = 4096  # longer texts take the per-text path, which stops once the context is full
+# Bounded-time encoding of huge non-plain texts: ftfy sees at most this many raw characters
+# (about 1 s of ftfy per MB in the worst case), starting from the first and widening x4 as needed.
+_RAW_CAP, _RAW_CAP_MAX = 16384, 1 << 18
 _CACHE_MAX_ENTRIES = 1 << 19
 _CACHE_MAX_KEY_CHARS = 64
 
@@ -140,11 +143,17 @@ class Tokenizer:
         """BPE ids of `text`, without SOT/EOT: exactly OpenAI's `SimpleTokenizer.encode`.
 
         With `max_tokens`, returns the first `max_tokens` ids in bounded time whatever the length of
-        the text (this is what the [N, context] call uses): the raw text is cut to
-        `max(16384, 64 * max_tokens)` characters (cleaning.cap_raw_text), and a single word longer
-        than `max_tokens * 32` characters (32 = longest vocabulary entry in bytes) is encoded from that
-        prefix alone, which still yields at least `max_tokens` ids. Without it, work grows with the
-        text (and quadratically with ftfy-heavy or giant single words).
+        the text (the [N, context] call uses this with context_length - 1). Two caps make it bounded:
+        - a single word longer than `max_tokens * 32` characters (32 bytes = the longest vocabulary
+          entry, so the cut still yields at least `max_tokens` ids) is BPE-encoded from that prefix;
+        - a text that is not plain ASCII (one that needs ftfy) is cleaned from its first 16,384
+          characters, cut after a line break or a space (cleaning.cap_raw_text), widened x4 up to
+          262,144 characters while that gives fewer than `max_tokens` ids.
+        Ids can differ from the full text's only for a word over the cap whose BPE merges would
+        cascade across the cut, a line over the cap whose mojibake repair depends on text past it,
+        or 262,144+ characters of filler before the first `max_tokens` ids.
+        Without `max_tokens`, nothing is capped: work grows with the text (quadratically with ftfy
+        on very long lines, n log n with a giant single word).
         """
         if not isinstance(text, str):
             raise TypeError(f"expected a str, got {type(text).__name__}")
@@ -153,13 +162,17 @@ class Tokenizer:
         return self._encode_prefix(text, max_tokens)
 
     def _encode_prefix(self, text: str, max_tokens: int) -> list[int]:
-        cap = max(16384, 64 * max_tokens)
-        while True:  # widen the cut only in the rare case it kept too little text (e.g. mostly spaces)
+        if is_plain_ascii(text):  # cleaning = lowercase + whitespace split (cleaning.py)
+            # Every chunk gives at least one id, so the first max_tokens chunks are enough; the split
+            # also spares the regex a scan through long runs of whitespace.
+            return self._first_ids(" ".join(text.split(None, max_tokens)[:max_tokens]).lower(), max_tokens)
+        cap = _RAW_CAP
+        while True:  # widen the cut only when it kept too little text (e.g. a long run of filler)
             raw = cap_raw_text(text, cap)
             ids = self._first_ids(clean_text(raw), max_tokens)
-            if len(ids) >= max_tokens or len(raw) == len(text):
-                return ids[:max_tokens]
-            cap *= 8
+            if len(ids) >= max_tokens or len(raw) == len(text) or cap >= _RAW_CAP_MAX:
+                return ids
+            cap *= 4
 
     def _first_ids(self, cleaned: str, max_tokens: int) -> list[int]:
         word_cap = max_tokens * self.vocab.max_token_bytes
@@ -172,7 +185,7 @@ class Tokenizer:
                 ids.extend(self.vocab.word_ids(word[:word_cap], end_of_word=False))
                 break
             ids.extend(self._words[word])
-        return ids
+        return ids[:max_tokens]
 
     def __call__(
         self, texts: str | Sequence[str], context_length: int | None = None, truncate: bool = True

@@ -18,6 +18,40 @@ def get_pairs(word: tuple[str, ...]) -> set[tuple[str, str]]:
     return set(zip(word[:-1], word[1:]))
 
 
+def reference_bpe(token: str, bpe_ranks: dict[tuple[str, str], int]) -> tuple[str, ...]:
+    """OpenAI's merge loop on one byte-encoded word (`SimpleTokenizer.bpe` without its cache)."""
+    word = tuple(token[:-1]) + (token[-1] + END_OF_WORD,)
+    pairs = get_pairs(word)
+    if not pairs:
+        return word
+    while True:
+        bigram = min(pairs, key=lambda pair: bpe_ranks.get(pair, float("inf")))
+        if bigram not in bpe_ranks:
+            break
+        first, second = bigram
+        new_word: list[str] = []
+        i = 0
+        while i < len(word):
+            try:
+                j = word.index(first, i)
+            except ValueError:
+                new_word.extend(word[i:])
+                break
+            new_word.extend(word[i:j])
+            i = j
+            if word[i] == first and i < len(word) - 1 and word[i + 1] == second:
+                new_word.append(first + second)
+                i += 2
+            else:
+                new_word.append(word[i])
+                i += 1
+        word = tuple(new_word)
+        if len(word) == 1:
+            break
+        pairs = get_pairs(word)
+    return word
+
+
 class ReferenceTokenizer:
     def __init__(self, merges_path: str | Path, special_tokens: Sequence[str] = ("<start_of_text>", "<end_of_text>")):
         self.byte_encoder = bytes_to_unicode()
@@ -33,38 +67,8 @@ class ReferenceTokenizer:
         self.sot_token_id, self.eot_token_id = len(vocab) - 2, len(vocab) - 1
 
     def bpe(self, token: str) -> str:
-        if token in self.cache:
-            return self.cache[token]
-        word = tuple(token[:-1]) + (token[-1] + END_OF_WORD,)
-        pairs = get_pairs(word)
-        if not pairs:
-            return token + END_OF_WORD
-        while True:
-            bigram = min(pairs, key=lambda pair: self.bpe_ranks.get(pair, float("inf")))
-            if bigram not in self.bpe_ranks:
-                break
-            first, second = bigram
-            new_word: list[str] = []
-            i = 0
-            while i < len(word):
-                try:
-                    j = word.index(first, i)
-                except ValueError:
-                    new_word.extend(word[i:])
-                    break
-                new_word.extend(word[i:j])
-                i = j
-                if word[i] == first and i < len(word) - 1 and word[i + 1] == second:
-                    new_word.append(first + second)
-                    i += 2
-                else:
-                    new_word.append(word[i])
-                    i += 1
-            word = tuple(new_word)
-            if len(word) == 1:
-                break
-            pairs = get_pairs(word)
-        self.cache[token] = " ".join(word)
+        if token not in self.cache:
+            self.cache[token] = " ".join(reference_bpe(token, self.bpe_ranks))
         return self.cache[token]
 
     def encode(self, text: str) -> list[int]:
