@@ -9,6 +9,7 @@ nearest-neighbour sampling.
 from __future__ import annotations
 
 import math
+import numbers
 from typing import Callable
 
 import numpy as np
@@ -54,6 +55,7 @@ class EvalTransform:
     """OpenAI's eval transform: PIL image → FloatTensor [3, size, size]."""
 
     def __init__(self, image_size: int, mean=OPENAI_MEAN, std=OPENAI_STD):
+        _check_size(image_size)
         self.image_size, self.mean, self.std = image_size, mean, std
 
     def __call__(self, image: Image.Image) -> torch.Tensor:
@@ -72,6 +74,7 @@ class TrainTransform:
     """
 
     def __init__(self, image_size: int, scale: tuple[float, float] = (0.9, 1.0), mean=OPENAI_MEAN, std=OPENAI_STD):
+        _check_size(image_size)
         if not 0 < scale[0] <= scale[1] <= 1:
             raise ValueError(f"scale must satisfy 0 < min <= max <= 1, got {scale}")
         self.image_size, self.scale, self.mean, self.std = image_size, scale, mean, std
@@ -90,6 +93,11 @@ class TrainTransform:
 
     def __repr__(self) -> str:
         return f"TrainTransform(image_size={self.image_size}, scale={self.scale})"
+
+
+def _check_size(image_size: int) -> None:
+    if not isinstance(image_size, numbers.Integral) or image_size <= 0:
+        raise ValueError(f"image_size must be a positive int, got {image_size!r}")
 
 
 def eval_transform(image_size: int, mean=OPENAI_MEAN, std=OPENAI_STD) -> Callable[[Image.Image], torch.Tensor]:
