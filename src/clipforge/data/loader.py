@@ -26,13 +26,14 @@ decoding them (reading bytes only), then continues: the batches are bitwise equa
 uninterrupted run's.
 
 Transforms: ``transform(image)`` (eval) or ``transform(image, rng)`` (train; ``rng`` a
-``numpy.random.Generator``), told apart by their signature. The tokenizer is any callable
+``numpy.random.Generator``), told apart by a parameter named ``rng`` (or ``generator``). The tokenizer is any callable
 ``tokenizer(list[str]) -> LongTensor [N, L]``; captions are tokenized per batch, in the worker.
 """
 
 from __future__ import annotations
 
 import inspect
+import multiprocessing as mp
 import zlib
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -101,13 +102,19 @@ class Batch:
         return self
 
 
+def _worker_context() -> str | None:
+    """fork where available: workers start in milliseconds and inherit the transform and tokenizer
+    (nothing to pickle). Elsewhere the platform default (they must then be picklable)."""
+    return "fork" if "fork" in mp.get_all_start_methods() else None
+
+
 def _takes_rng(transform: Transform) -> bool:
+    """A train transform names its generator parameter ``rng`` (or ``generator``)."""
     try:
-        params = inspect.signature(transform).parameters.values()
+        params = inspect.signature(transform).parameters
     except (TypeError, ValueError):
         return False
-    positional = [p for p in params if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)]
-    return len(positional) >= 2 or any(p.kind == p.VAR_POSITIONAL for p in params)
+    return "rng" in params or "generator" in params
 
 
 def sample_rng(seed: int, epoch: int, shard: str, key: str, pass_index: int) -> np.random.Generator:
@@ -134,6 +141,7 @@ class _SlotDataset(IterableDataset):
         self.transform, self.tokenizer = transform, tokenizer
         self.with_rng = _takes_rng(transform)
         self.start: _Start | None = None
+        self.last_error = ""
 
     def __iter__(self) -> Iterator[Batch]:
         assert self.start is not None, "configure the epoch first"
@@ -156,8 +164,8 @@ class _SlotDataset(IterableDataset):
                 item, pass_index = next(events)
                 consumed += 1
                 if pass_index != last_pass:
-                    if pass_index > 1 and valid_in_pass == 0:
-                        raise RuntimeError("no readable sample left to pad with: all data is bad")
+                    if pass_index > 1 and valid_in_pass == 0:  # a whole pass over all shards failed
+                        raise RuntimeError(f"no sample of the data can be loaded; last error: {self.last_error}")
                     last_pass, valid_in_pass = pass_index, 0
                 sample = self._process(item, pass_index, delta if pass_index == 0 else None)
                 if sample is None:
@@ -183,6 +191,7 @@ class _SlotDataset(IterableDataset):
         try:
             return self._decode(item, pass_index)
         except BadSample as bad:
+            self.last_error = f"{bad} ({item.shard}/{item.key})"
             if report is not None:
                 report.add_bad(item.shard, item.key, bad.reason, bad.detail)
             return None
@@ -260,7 +269,8 @@ class ShardLoader:
         k, w = self._batches, self.workers
         self.dataset.start = _Start(plan, k % w, [k // w + (l < k % w) for l in range(w)], list(self._consumed))
         loader = DataLoader(self.dataset, batch_size=None, num_workers=self.config.workers,
-                            pin_memory=torch.cuda.is_available(), persistent_workers=False)
+                            pin_memory=torch.cuda.is_available(), persistent_workers=False,
+                            multiprocessing_context=_worker_context() if self.config.workers else None)
         expected = plan.expected_for_rank(self.rank, w)
         for batch in loader:
             if batch.worker != self._batches % w:  # the round-robin contract; never expected to fail

@@ -136,8 +136,12 @@ def list_shards(
 
 
 def shard_name(url: str) -> str:
-    """A short, stable name for reports: the last path component (``pipe:`` commands kept whole)."""
-    return url if url.startswith("pipe:") else posixpath.basename(url.rstrip("/")) or url
+    """A short, stable name for reports: the last path component (of a ``pipe:`` command's last
+    argument naming a tar, e.g. ``pipe:aws s3 cp s3://b/00001.tar -`` -> ``00001.tar``)."""
+    if url.startswith("pipe:"):
+        tars = [t for t in url[5:].split() if ".tar" in t]
+        return posixpath.basename(tars[-1]) if tars else url
+    return posixpath.basename(url.rstrip("/")) or url
 
 
 def read_csv_rows(path: str, columns: tuple[str, str] | None) -> list[tuple[str, str, str | None]]:
@@ -209,17 +213,23 @@ def _read_json(url: str) -> object:
 
 
 def count_tar_samples(path: str) -> int:
-    """Distinct sample keys in a local tar, reading headers only (tarfile seeks over the data)."""
-    keys: set[str] = set()
+    """Samples in a local tar, grouped as the reader groups them, from headers only (tarfile seeks
+    over the data). A broken shard counts what it has; reading it later reports the error."""
+    n, key, exts = 0, None, set()
     try:
         with tarfile.open(path, "r:*") as tar:
             for info in tar:
-                if info.isreg():
-                    keys.add(split_key(info.name)[0])
+                if not info.isreg():
+                    continue
+                k, ext = split_key(info.name)
+                if k is None:
+                    continue
+                if k != key or ext in exts:
+                    n, key, exts = n + 1, k, set()
+                exts.add(ext)
     except (tarfile.TarError, OSError, EOFError, zlib.error):
-        pass  # a broken shard counts what it has; reading it later reports the error
-    keys.discard(None)  # type: ignore[arg-type]
-    return len(keys)
+        pass
+    return n
 
 
 # ---------------------------------------------------------------------------------------------
@@ -237,9 +247,9 @@ def _local_path(url: str) -> str:
 def open_stream(url: str) -> io.BufferedIOBase:
     """Open a local path, a ``pipe:`` command (webdataset's gopen) or an fsspec URL for reading."""
     if url.startswith("pipe:"):
-        from webdataset import gopen  # checks the command's exit status on close
+        from webdataset.gopen import gopen  # checks the command's exit status on close
 
-        return gopen.gopen(url, "rb")
+        return gopen(url, "rb")
     if _is_local(url):
         return open(_local_path(url), "rb")
     import fsspec
