@@ -1,12 +1,18 @@
 """Checkpoint formats (OpenAI TorchScript and state_dicts, open_clip, safetensors, ours), safe loading
-(nothing in a file ever runs), and clear errors that name the file."""
+(nothing in a file ever runs), clear errors that name the file; and downloads (clipforge.hub) against a
+real HTTP server on loopback, never the internet."""
 
 from __future__ import annotations
 
+import hashlib
+import http.server
 import os
 import pickle
+import socket
+import threading
 import warnings
 import zipfile
+from functools import partial
 from pathlib import Path
 
 import pytest
@@ -14,6 +20,7 @@ import torch
 from safetensors.torch import save_file
 
 import clipforge
+from clipforge import hub
 from clipforge.api import load_model, save
 from clipforge.checkpoint import CheckpointError, read_state_dict, read_torchscript
 from clipforge.tokenizer import train_bpe
@@ -229,3 +236,111 @@ def test_state_dict_that_does_not_fit_names_the_file(tmp_path, tiny_vit):
 def test_missing_path_is_a_clear_error(tmp_path):
     with pytest.raises(CheckpointError, match="no such file or directory"):
         clipforge.load(tmp_path / "nope.pt")
+
+
+# ---- downloads ----------------------------------------------------------------------------------
+
+@pytest.fixture()
+def server(tmp_path):
+    """Serves tmp_path/www on 127.0.0.1; yields (base_url, www_dir)."""
+    www = tmp_path / "www"
+    www.mkdir()
+    handler = partial(_QuietHandler, directory=str(www))
+    httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    thread = threading.Thread(target=httpd.serve_forever, daemon=True)
+    thread.start()
+    yield f"http://127.0.0.1:{httpd.server_address[1]}", www, httpd
+    httpd.shutdown()
+    httpd.server_close()
+
+
+class _QuietHandler(http.server.SimpleHTTPRequestHandler):
+    def log_message(self, *args):  # keep test output clean
+        pass
+
+
+def _publish(www: Path, data: bytes, name: str = "model.pt", sha: str | None = None) -> str:
+    sha = sha or hashlib.sha256(data).hexdigest()
+    folder = www / "clip" / "models" / sha
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / name).write_bytes(data)
+    return f"clip/models/{sha}/{name}"
+
+
+def test_download_verifies_places_atomically_and_reuses_the_cache(server, tmp_path):
+    base, www, httpd = server
+    data = bytes(range(256)) * 5000
+    url = f"{base}/{_publish(www, data)}"
+    cache = tmp_path / "cache"
+    path = hub.download(url, cache)
+    assert path == cache / "model.pt" and path.read_bytes() == data
+    assert [p.name for p in cache.iterdir()] == ["model.pt"]  # no temporary file left behind
+    httpd.shutdown()  # offline now: the verified copy is used without the network
+    assert hub.download(url, cache) == path
+
+
+def test_checksum_mismatch_leaves_nothing(server, tmp_path):
+    base, www, _ = server
+    wrong = hashlib.sha256(b"something else").hexdigest()
+    url = f"{base}/{_publish(www, b'payload bytes', sha=wrong)}"
+    cache = tmp_path / "cache"
+    with pytest.raises(hub.DownloadError, match=f"SHA-256 is {hashlib.sha256(b'payload bytes').hexdigest()}"):
+        hub.download(url, cache)
+    assert list(cache.iterdir()) == []
+
+
+def test_corrupt_cached_file_is_downloaded_again(server, tmp_path):
+    base, www, _ = server
+    url = f"{base}/{_publish(www, b'the real bytes')}"
+    cache = tmp_path / "cache"
+    cache.mkdir()
+    (cache / "model.pt").write_bytes(b"the real by")  # an interrupted copy from elsewhere
+    assert hub.download(url, cache).read_bytes() == b"the real bytes"
+
+
+def test_offline_gives_a_clear_error(tmp_path):
+    with socket.socket() as sock:  # a port nobody listens on
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    url = f"http://127.0.0.1:{port}/clip/models/{'0' * 64}/RN50.pt"
+    with pytest.raises(hub.DownloadError, match="Are you offline"):
+        hub.download(url, tmp_path)
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_openai_urls_and_names():
+    assert list(hub.OPENAI_URLS) == clipforge.available_models()[:9]
+    for name, url in hub.OPENAI_URLS.items():
+        sha, filename = url.split("/")[-2:]
+        assert url.startswith("https://openaipublic.azureedge.net/clip/models/") and len(sha) == 64
+        assert filename == name.replace("/", "-").replace("@336px", "-336px") + ".pt"
+    with pytest.raises(hub.DownloadError, match="GELU variants"):
+        hub.download_openai("ViT-B-32")
+    with pytest.raises(hub.DownloadError, match="no released OpenAI weights"):
+        hub.download_openai("demo-rn")
+    with pytest.raises(KeyError, match="unknown model"):
+        hub.download_openai("ViT-Z/1")
+
+
+def test_cache_dir_follows_the_environment(monkeypatch, tmp_path):
+    monkeypatch.setenv("CLIPFORGE_CACHE", str(tmp_path / "a"))
+    assert hub.cache_dir() == tmp_path / "a"
+    monkeypatch.delenv("CLIPFORGE_CACHE")
+    monkeypatch.delenv("CLIPFORGE_CACHE_DIR", raising=False)
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
+    assert hub.cache_dir() == tmp_path / "xdg" / "clipforge"
+
+
+def test_load_by_name_downloads_then_loads(server, tmp_path, monkeypatch):
+    """clipforge.load("ViT-B/32") goes through the hub; here the URL serves the tiny model instead."""
+    base, www, _ = server
+    torch.manual_seed(0)
+    model = clipforge.create_model("tiny-vit")
+    file = tmp_path / "tiny.safetensors"
+    save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(file))
+    monkeypatch.setitem(hub.OPENAI_URLS, "ViT-B/32", f"{base}/{_publish(www, file.read_bytes(), 'ViT-B-32.pt')}")
+    loaded, _, _ = clipforge.load("ViT-B-32-quickgelu", download_root=tmp_path / "cache")
+    assert (tmp_path / "cache" / "ViT-B-32.pt").is_file()
+    assert loaded.config == model.config
+    with pytest.raises(clipforge.api.CheckpointError, match="no such file or directory, and not a model name"):
+        clipforge.load("no-such-model-or-file")
