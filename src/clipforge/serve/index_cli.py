@@ -7,6 +7,7 @@ import json
 import sys
 import time
 
+from clipforge.serve.embed import EmbedError
 from clipforge.serve.index import IndexConfig, VectorIndexError, build_from_embeddings
 
 
@@ -27,7 +28,7 @@ def run(args: argparse.Namespace) -> int:
     start = time.perf_counter()
     try:
         index = build_from_embeddings(args.embeddings, config)
-    except (VectorIndexError, ValueError, OSError) as err:
+    except (EmbedError, VectorIndexError, ValueError, OSError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
     index.save(args.out)

@@ -59,4 +59,29 @@ def make_model_dir(out: str | os.PathLike, name: str = "tiny-vit", merges: str |
     return save_directory(model, out, tokenizer)
 
 
-__all__ = ["COLOURS", "SHAPES", "make_model_dir", "make_shape_images"]
+
+
+
+def build_demo(root: str | os.PathLike, merges: str | os.PathLike | None = None, images: int = 40,
+               model: str = "tiny-vit") -> dict[str, Path]:
+    """Model, images, embeddings and index under ``root`` (in-process; a few seconds on a CPU).
+
+    Returns the paths: {"model", "images", "embeddings", "index"}.
+    """
+    from clipforge.serve.embed import EmbedConfig, run_embedding
+    from clipforge.serve.embed_sources import image_items
+    from clipforge.serve.encoder import Encoder
+    from clipforge.serve.index import IndexConfig, build_from_embeddings
+
+    root = Path(root)
+    paths = {"model": root / "model", "images": root / "images", "embeddings": root / "embeddings",
+             "index": root / "index"}
+    make_model_dir(paths["model"], model, merges)
+    make_shape_images(paths["images"], images)
+    encoder = Encoder.load(paths["model"])
+    header = {"kind": "image", "source": str(paths["images"]), "model_sha256": encoder.fingerprint(), "dim": encoder.dim}
+    run_embedding(image_items(str(paths["images"])), encoder.encode_images, paths["embeddings"],
+                  EmbedConfig(part_size=max(1, images // 2)), header, info={"model": encoder.name})
+    build_from_embeddings(paths["embeddings"], IndexConfig()).save(paths["index"])
+    return paths
+__all__ = ["COLOURS", "SHAPES", "build_demo", "make_model_dir", "make_shape_images"]
