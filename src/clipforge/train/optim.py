@@ -132,3 +132,27 @@ def apply_locks(clip: nn.Module, cfg: OptimConfig) -> list[nn.Module]:
     if cfg.lock_text:
         frozen += lock_groups(text_layer_groups(clip), cfg.lock_text_unlocked_layers)
     return frozen
+
+
+def clip_gradients(model: nn.Module, max_norm: float | None) -> float:
+    """The global gradient norm (over ranks and shards), clipping to ``max_norm`` when given.
+
+    FSDP's sharded gradients (DTensors) and the replicated loss scalars are measured separately and
+    combined, because one norm computation cannot mix them.
+    """
+    grads = [p.grad for p in model.parameters() if p.grad is not None]
+    if not grads:
+        return 0.0
+    sharded = [g for g in grads if hasattr(g, "full_tensor")]
+    plain = [g for g in grads if not hasattr(g, "full_tensor")]
+    squares = torch.zeros((), dtype=torch.float32, device=grads[0].device)
+    if sharded:
+        squares = squares + torch.nn.utils.get_total_norm(sharded).full_tensor().float() ** 2
+    if plain:
+        squares = squares + torch.nn.utils.get_total_norm(plain).float() ** 2
+    total = squares.sqrt()
+    if max_norm is not None and math.isfinite(total.item()):
+        for group in (sharded, plain):
+            if group:
+                torch.nn.utils.clip_grads_with_norm_(group, max_norm, total)
+    return float(total.item())

@@ -1,0 +1,95 @@
+"""Building what a run needs from its config: tokenizer, model, data loader."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Callable
+
+import torch
+
+from clipforge.config import ModelConfig
+from clipforge.factory import resolve_config
+from clipforge.model import CLIP
+from clipforge.tokenizer import Tokenizer
+from clipforge.tokenizer.core import CONFIG_FILE as TOKENIZER_FILE
+from clipforge.train.config import ModelSection, RunConfig, TokenizerSection, TrainConfig
+
+
+def model_config(section: ModelSection, vocab_size: int | None = None) -> ModelConfig:
+    """The registered config with the section's changes; ``vocab_size`` from the tokenizer."""
+    changes: dict[str, Any] = {"vision": dict(section.vision), "text": dict(section.text)}
+    if section.embed_dim is not None:
+        changes["embed_dim"] = section.embed_dim
+    if section.init_logit_scale is not None:
+        changes["init_logit_scale"] = section.init_logit_scale
+    if vocab_size is not None:
+        changes["text"]["vocab_size"] = vocab_size
+    return resolve_config(section.name, **changes)
+
+
+def is_saved_tokenizer(directory: Path) -> bool:
+    return (Path(directory) / TOKENIZER_FILE).is_file()
+
+
+def read_captions(path: str | Path) -> list[str]:
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"tokenizer.captions {path}: no such file (one caption a line)")
+    return [line for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+
+
+def build_tokenizer(section: TokenizerSection, context_length: int, saved: Path | None = None,
+                    echo: Callable[[str], Any] = print) -> Tokenizer:
+    """OpenAI's tokenizer, a saved one, or a BPE vocabulary learned from captions.
+
+    ``saved``: a directory where an earlier start of this run stored its learned tokenizer; it is
+    reused (learning is deterministic, reading is faster).
+    """
+    if section.source == "openai":
+        return Tokenizer.openai(context_length=context_length)
+    if section.source == "learn":
+        if saved is not None and is_saved_tokenizer(saved):
+            tokenizer = Tokenizer.from_directory(saved)
+        else:
+            if not section.captions:
+                raise ValueError("tokenizer.source = 'learn' needs tokenizer.captions: a file of captions")
+            from clipforge.tokenizer import train_bpe
+
+            captions = read_captions(section.captions)
+            echo(f"learning a BPE vocabulary of {section.vocab_size} tokens from {len(captions)} captions")
+            tokenizer = train_bpe(captions, section.vocab_size, context_length=context_length)
+    else:
+        path = Path(section.source)
+        if not (is_saved_tokenizer(path)):
+            raise ValueError(f"tokenizer.source {section.source!r}: expected 'openai', 'learn' or a saved tokenizer directory")
+        tokenizer = Tokenizer.from_directory(path)
+    if tokenizer.context_length != context_length:
+        tokenizer = Tokenizer(tokenizer.vocab.merges, context_length=context_length)
+    return tokenizer
+
+
+def build_clip(config: TrainConfig, tokenizer: Tokenizer) -> CLIP:
+    """A new model (seeded by run.seed, identical on every rank) or the pretrained checkpoint."""
+    section = config.model
+    if section.pretrained:
+        from clipforge.api import load
+
+        clip, _, _ = load(section.pretrained, model=None)
+        if clip.config.text.vocab_size != tokenizer.vocab_size:
+            raise ValueError(f"model.pretrained {section.pretrained}: vocabulary of {clip.config.text.vocab_size} "
+                             f"tokens, but the tokenizer has {tokenizer.vocab_size}")
+        return clip
+    torch.manual_seed(config.run.seed)
+    return CLIP(model_config(section, tokenizer.vocab_size))
+
+
+def build_loader(config: TrainConfig, image_size: int, tokenizer: Tokenizer, rank: int, world_size: int):
+    from clipforge.data.loader import build_loader as data_loader
+    from clipforge.transforms import train_transform
+
+    transform = train_transform(image_size, scale=config.run.crop_scale)
+    return data_loader(config.data, transform, tokenizer, rank=rank, world_size=world_size)
+
+
+def total_steps(run: RunConfig, steps_per_epoch: int) -> int:
+    return run.steps if run.steps is not None else run.epochs * steps_per_epoch

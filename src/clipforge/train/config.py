@@ -1,0 +1,304 @@
+"""Training configuration: typed sections, recipes as TOML/JSON files, checked command-line overrides.
+
+A recipe has one table per section (``[run]``, ``[model]``, ``[tokenizer]``, ``[data]``, ``[optim]``,
+``[schedule]``, ``[precision]``, ``[checkpoint]``, ``[log]``, ``[eval]``). Every key is checked
+against the section's dataclass: an unknown key, or a value of the wrong type, is an error naming
+the key. Overrides (``optim.lr=1e-3``) are checked the same way. The resolved configuration is saved
+as ``train_config.json`` in the run directory; that file is itself a valid recipe.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import json
+import sys
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from clipforge.config import TextConfig, VisionConfig
+from clipforge.data.loader import DataConfig
+from clipforge.train.optim import OptimConfig, ScheduleConfig
+from clipforge.train.precision import PrecisionConfig
+
+
+class ConfigError(ValueError):
+    """A recipe or override that does not fit the configuration's keys and types."""
+
+
+@dataclass(frozen=True)
+class RunConfig:
+    out: str = "runs/train"  # the run directory
+    seed: int = 0
+    steps: int | None = None  # optimizer steps; None: epochs × steps per epoch
+    epochs: int = 1
+    accum_steps: int = 1  # micro-batches per step (exact contrastive accumulation)
+    loss: str = "clip"  # "clip" (softmax) or "siglip" (sigmoid)
+    device: str = "auto"  # "auto", "cpu" or "cuda"
+    distributed: str = "auto"  # "auto" (DDP), "ddp" or "fsdp"
+    threads: int | None = None  # torch threads per process; None: torch's default
+    max_skipped_steps: int = 10  # consecutive non-finite steps before the run stops
+    crop_scale: tuple[float, float] = (0.9, 1.0)  # random square crop area range (the paper's augmentation)
+
+
+@dataclass(frozen=True)
+class ModelSection:
+    name: str = "demo-rn"  # a registered config
+    pretrained: str | None = None  # a checkpoint to start from (any format clipforge.load reads)
+    embed_dim: int | None = None
+    init_logit_scale: float | None = None  # None: ln(1/0.07); SigLIP uses ln(10)
+    vision: dict[str, Any] = field(default_factory=dict)  # VisionConfig field changes
+    text: dict[str, Any] = field(default_factory=dict)  # TextConfig field changes (vocab_size follows the tokenizer)
+
+    def __post_init__(self) -> None:
+        for part, cls in (("vision", VisionConfig), ("text", TextConfig)):
+            checked = {k: _coerce(v, _field_types(cls)[k], f"model.{part}.{k}")
+                       for k, v in _known(cls, getattr(self, part), f"model.{part}").items()}
+            object.__setattr__(self, part, checked)
+
+
+@dataclass(frozen=True)
+class TokenizerSection:
+    source: str = "openai"  # "openai", a directory written by Tokenizer.save, or "learn"
+    vocab_size: int = 2048  # for "learn": the size of the BPE vocabulary learned from the captions
+    captions: str | None = None  # for "learn": a text file, one caption a line
+
+
+@dataclass(frozen=True)
+class CheckpointConfig:
+    every: int = 1000  # steps between checkpoints (0: only the final one)
+    keep: int = 3  # most recent checkpoints kept
+    resume: str | None = None  # "latest" (this run directory) or a checkpoint directory
+
+
+@dataclass(frozen=True)
+class LogConfig:
+    every: int = 10  # steps between progress lines
+    tensorboard: bool = True  # also write TensorBoard events when tensorboard is installed
+
+
+@dataclass(frozen=True)
+class EvalSection:
+    every: int = 0  # steps between zero-shot evaluations (0: never during training)
+    data: str | None = None  # an ImageFolder-style classification set (with classnames.json)
+    templates: str = "synthetic"  # a template set name or file
+    max_images: int | None = 1000  # evaluate on the first n images (sorted by class) to keep it cheap
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    run: RunConfig = field(default_factory=RunConfig)
+    model: ModelSection = field(default_factory=ModelSection)
+    tokenizer: TokenizerSection = field(default_factory=TokenizerSection)
+    data: DataConfig = field(default_factory=DataConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    schedule: ScheduleConfig = field(default_factory=ScheduleConfig)
+    precision: PrecisionConfig = field(default_factory=PrecisionConfig)
+    checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
+    log: LogConfig = field(default_factory=LogConfig)
+    eval: EvalSection = field(default_factory=EvalSection)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> "TrainConfig":
+        return build(cls, data, "")
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    def save(self, path: str | Path) -> None:
+        Path(path).write_text(json.dumps(self.to_dict(), indent=2) + "\n")
+
+    def replace(self, overrides: dict[str, Any]) -> "TrainConfig":
+        """A copy with ``{"section.key": value}`` changes (values typed or strings), checked."""
+        raw = self.to_dict()
+        for key, value in overrides.items():
+            apply_override(raw, key, value)
+        return TrainConfig.from_dict(raw)
+
+
+# ---- reading recipes ------------------------------------------------------------------------------
+
+
+def _toml_module():
+    if sys.version_info >= (3, 11):
+        import tomllib
+
+        return tomllib
+    try:
+        import tomli
+    except ImportError as err:
+        raise ConfigError("TOML recipes need Python >= 3.11 or the 'tomli' package (pip install tomli); "
+                          "a JSON recipe works everywhere") from err
+    return tomli
+
+
+def read_recipe(path: str | Path) -> dict[str, Any]:
+    """The raw tables of a TOML (.toml) or JSON (.json) recipe."""
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"recipe {path}: no such file")
+    text = path.read_text(encoding="utf-8")
+    try:
+        if path.suffix == ".json":
+            return json.loads(text)
+        return _toml_module().loads(text)
+    except (ValueError, TypeError) as err:  # JSONDecodeError and TOMLDecodeError are ValueErrors
+        raise ConfigError(f"recipe {path}: not valid {path.suffix.lstrip('.') or 'TOML'}: {err}") from err
+
+
+def load_config(path: str | Path | None = None, overrides: dict[str, Any] | None = None) -> TrainConfig:
+    """The recipe at ``path`` (defaults when None) with ``overrides`` applied, checked."""
+    raw = read_recipe(path) if path is not None else {}
+    for key, value in (overrides or {}).items():
+        apply_override(raw, key, value)
+    return TrainConfig.from_dict(raw)
+
+
+# ---- typed building and checking ------------------------------------------------------------------
+
+
+def _field_types(cls: type) -> dict[str, Any]:
+    return typing.get_type_hints(cls)
+
+
+def _known(cls: type, data: dict[str, Any], where: str) -> dict[str, Any]:
+    if not isinstance(data, dict):
+        raise ConfigError(f"{where or 'config'}: expected a table of keys, got {type(data).__name__}")
+    names = [f.name for f in dataclasses.fields(cls)]
+    for key in data:
+        if key not in names:
+            full = f"{where}.{key}" if where else key
+            close = difflib.get_close_matches(key, names, n=1)
+            hint = f" (did you mean {close[0]!r}?)" if close else ""
+            raise ConfigError(f"unknown config key {full!r}{hint}; known keys here: {', '.join(names)}")
+    return data
+
+
+def build(cls: type, data: dict[str, Any], where: str) -> Any:
+    """An instance of dataclass ``cls`` from a dict, every key and value checked against the fields."""
+    types_ = _field_types(cls)
+    values = {k: _coerce(v, types_[k], f"{where}.{k}" if where else k) for k, v in _known(cls, data, where).items()}
+    try:
+        return cls(**values)
+    except ConfigError:
+        raise
+    except (TypeError, ValueError) as err:
+        raise ConfigError(f"{where or 'config'}: {err}") from err
+
+
+def _type_name(tp: Any) -> str:
+    return getattr(tp, "__name__", None) or str(tp).replace("typing.", "")
+
+
+def _coerce(value: Any, tp: Any, key: str) -> Any:
+    """``value`` checked against (and converted to) type ``tp``; a ConfigError names ``key``."""
+    origin, args = typing.get_origin(tp), typing.get_args(tp)
+    if tp is Any:
+        return value
+    if origin in (typing.Union, types.UnionType):
+        if value is None and type(None) in args:
+            return None
+        for option in (a for a in args if a is not type(None)):
+            try:
+                return _coerce(value, option, key)
+            except ConfigError:
+                continue
+        raise ConfigError(f"config key {key!r}: {value!r} is not a {_type_name(tp)}")
+    if dataclasses.is_dataclass(tp):
+        if isinstance(value, tp):
+            return value
+        return build(tp, value, key)
+    if origin in (tuple, list):
+        if not isinstance(value, (list, tuple)):
+            raise ConfigError(f"config key {key!r}: expected a list, got {value!r}")
+        if origin is tuple and args and args[-1] is not Ellipsis:
+            if len(args) != len(value):
+                raise ConfigError(f"config key {key!r}: expected {len(args)} values, got {len(value)}")
+            return tuple(_coerce(v, a, key) for v, a in zip(value, args))
+        item = args[0] if args else Any
+        items = [_coerce(v, item, key) for v in value]
+        return tuple(items) if origin is tuple else items
+    if origin is dict or tp is dict:
+        if not isinstance(value, dict):
+            raise ConfigError(f"config key {key!r}: expected a table, got {value!r}")
+        return dict(value)
+    return _scalar(value, tp, key)
+
+
+def _scalar(value: Any, tp: Any, key: str) -> Any:
+    ok = {
+        bool: isinstance(value, bool),
+        int: isinstance(value, int) and not isinstance(value, bool),
+        float: isinstance(value, (int, float)) and not isinstance(value, bool),
+        str: isinstance(value, str),
+    }.get(tp)
+    if ok is None:
+        raise ConfigError(f"config key {key!r}: unsupported field type {_type_name(tp)}")
+    if not ok:
+        raise ConfigError(f"config key {key!r}: expected {_type_name(tp)}, got {value!r}")
+    return float(value) if tp is float else value
+
+
+# ---- overrides --------------------------------------------------------------------------------------
+
+
+def _parse_literal(text: str) -> Any:
+    """A command-line value as a TOML literal (1e-3, true, [0.9, 1.0], "x"); bare words stay strings."""
+    if text.lower() in ("none", "null"):
+        return None
+    try:
+        return _toml_module().loads(f"v = {text}")["v"]
+    except ValueError:
+        return text
+
+
+def _field_type_at(path: list[str]) -> Any:
+    """The declared type of a dotted key, checking every part (dict fields take any sub-key)."""
+    tp: Any = TrainConfig
+    for depth, part in enumerate(path):
+        if dataclasses.is_dataclass(tp):
+            _known(tp, {part: None}, ".".join(path[:depth]))
+            tp = _field_types(tp)[part]
+        elif path[:2] == ["model", "vision"] or path[:2] == ["model", "text"]:
+            cls = VisionConfig if path[1] == "vision" else TextConfig
+            _known(cls, {part: None}, ".".join(path[:depth]))
+            tp = _field_types(cls)[part]
+        else:
+            raise ConfigError(f"config key {'.'.join(path)!r}: {'.'.join(path[:depth])!r} has no sub-keys")
+    return tp
+
+
+def apply_override(raw: dict[str, Any], key: str, value: Any) -> None:
+    """Set ``raw[section][...][name] = value`` for a dotted ``key``, parsing string values by the key's type."""
+    path = key.split(".")
+    if len(path) < 2 or not all(path):
+        raise ConfigError(f"override {key!r}: expected section.key (e.g. optim.lr)")
+    tp = _field_type_at(path)
+    if isinstance(value, str):
+        literal = _parse_literal(value)
+        try:
+            value = _coerce(literal, tp, key)
+        except ConfigError:
+            value = _coerce(value, tp, key)  # a str field given something that parses as a number
+    else:
+        value = _coerce(value, tp, key)
+    node = raw
+    for part in path[:-1]:
+        node = node.setdefault(part, {})
+        if not isinstance(node, dict):
+            raise ConfigError(f"override {key!r}: {part!r} is not a table in the recipe")
+    node[path[-1]] = list(value) if isinstance(value, tuple) else value
+
+
+def parse_overrides(items: list[str]) -> dict[str, str]:
+    """``["optim.lr=1e-3", ...]`` → ``{"optim.lr": "1e-3", ...}``."""
+    out = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep or not key.strip():
+            raise ConfigError(f"override {item!r}: expected key=value (e.g. optim.lr=1e-3)")
+        out[key.strip()] = value.strip()
+    return out

@@ -1,0 +1,285 @@
+"""The trainer: one loop for every variant (loss, locked towers, precision, accumulation, DDP/FSDP).
+
+``Trainer(config).train()`` reads as the loop it runs: next batches, schedule, step, log, evaluate,
+checkpoint. Everything it needs to continue exactly after a stop lives in the checkpoint
+(:mod:`clipforge.train.state`).
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from pathlib import Path
+from typing import Any, Callable
+
+import torch
+from torch.distributed.checkpoint.state_dict import StateDictOptions, get_state_dict, set_state_dict
+
+from clipforge.train import state as ckpt
+from clipforge.train.accumulate import forward_backward
+from clipforge.train.build import build_clip, build_loader, build_tokenizer, model_config, total_steps
+from clipforge.train.config import TokenizerSection, TrainConfig
+from clipforge.train.distributed import (
+    all_reduce_mean, barrier, gather_objects, init_distributed, is_fsdp, unwrap, wrap_model,
+)
+from clipforge.train.logging import MetricsLog, Progress
+from clipforge.train.objective import TrainModel
+from clipforge.train.optim import (
+    apply_locks, build_optimizer, clamp_logit_scale, clip_gradients, learning_rate, set_learning_rate,
+)
+from clipforge.train.precision import Precision
+
+_FULL = StateDictOptions(full_state_dict=True, cpu_offload=True)
+
+
+class NonFiniteError(RuntimeError):
+    """Too many consecutive steps had a NaN/Inf loss or gradient."""
+
+
+class Trainer:
+    """Builds the run from a :class:`TrainConfig`; ``loader``/``tokenizer`` may be given (tests, demo)."""
+
+    def __init__(self, config: TrainConfig, *, loader: Any = None, tokenizer: Any = None,
+                 echo: Callable[[str], Any] = print):
+        self.cfg, self.run_dir = config, Path(config.run.out)
+        self.info = init_distributed(config.run.device)
+        self.echo = echo if self.info.is_main else (lambda message: None)
+        if config.run.threads:
+            torch.set_num_threads(config.run.threads)
+        self._prepare_run_dir()
+        self.tokenizer = tokenizer or self._build_tokenizer()
+        self.clip = build_clip(config, self.tokenizer)
+        self._seed_rank()
+        self.train_model = TrainModel(self.clip, config.run.loss)
+        self.frozen = apply_locks(self.clip, config.optim)
+        self.clip.set_grad_checkpointing(config.precision.grad_checkpointing)
+        self.model = wrap_model(self.train_model.to(self.info.device), config.run.distributed, self.info)
+        if config.precision.compile:
+            self.model.compile()
+        family = "resnet" if self.clip.config.vision.is_resnet else "vit"
+        self.optimizer = build_optimizer(self.model, config.optim, family)
+        self.precision = Precision(config.precision, self.info.device)
+        self.loader = loader or build_loader(config, self.clip.image_size, self.tokenizer,
+                                             self.info.rank, self.info.world_size)
+        self.steps_per_epoch = len(self.loader) // config.run.accum_steps
+        if self.steps_per_epoch < 1:
+            raise ValueError(f"an epoch has {len(self.loader)} batches, fewer than run.accum_steps = "
+                             f"{config.run.accum_steps}: lower accum_steps or data.batch_size")
+        self.total_steps = total_steps(config.run, self.steps_per_epoch)
+        self.step, self.epoch, self.epoch_step, self.skipped = 0, 0, 0, 0
+        self._batches = None
+        self.evaluator = self._build_evaluator()
+        self.metrics = MetricsLog(self.run_dir, self.info.is_main, config.log.tensorboard)
+        global_batch = self.loader_batch_size() * config.run.accum_steps * self.info.world_size
+        self.progress = Progress(self.total_steps, global_batch, config.log.every, self.info.is_main)
+
+    # ---- setup ------------------------------------------------------------------------------------
+
+    def _prepare_run_dir(self) -> None:
+        if self.info.is_main:
+            self.run_dir.mkdir(parents=True, exist_ok=True)
+            self.cfg.save(self.run_dir / "train_config.json")
+            for stale in ckpt.remove_unfinished(self.run_dir):
+                self.echo(f"removed {stale.name}: a checkpoint whose writing was interrupted")
+        barrier()
+
+    def _build_tokenizer(self):
+        """Rank 0 builds (or learns) the tokenizer and saves it in the run directory; the others read it."""
+        context = model_config(self.cfg.model).text.context_length
+        saved = self.run_dir / "tokenizer"
+        tokenizer = None
+        if self.info.is_main:
+            tokenizer = build_tokenizer(self.cfg.tokenizer, context, saved, self.echo)
+            tokenizer.save(saved)
+        barrier()
+        return tokenizer or build_tokenizer(TokenizerSection(source=str(saved)), context)
+
+    def _seed_rank(self) -> None:
+        """Per-rank random streams (dropout, patch dropout); the model itself was seeded identically."""
+        import random
+
+        import numpy as np
+
+        seed = self.cfg.run.seed * 1000 + self.info.rank
+        torch.manual_seed(seed)
+        np.random.seed(seed)
+        random.seed(seed)
+
+    def _build_evaluator(self):
+        if self.cfg.eval.every <= 0:
+            return None
+        from clipforge.train.evaluate import PeriodicEval
+
+        return PeriodicEval(self.cfg.eval, self.clip.image_size, self.tokenizer)
+
+    def loader_batch_size(self) -> int:
+        return getattr(getattr(self.loader, "config", None), "batch_size", None) or self.cfg.data.batch_size
+
+    # ---- the loop -------------------------------------------------------------------------------
+
+    def train(self, stop_at: int | None = None) -> dict[str, Any]:
+        """Train to ``run.steps`` (or ``stop_at``, checkpointing there, to be resumed later)."""
+        self._resume()
+        end = self.total_steps if stop_at is None else min(stop_at, self.total_steps)
+        self._train_mode()
+        self.echo(f"training {self.total_steps} steps ({self.steps_per_epoch} per epoch) from step {self.step}, "
+                  f"{self.info.world_size} process(es) on {self.info.device}, run directory {self.run_dir}")
+        start, first, record = time.perf_counter(), self.step, {}
+        self.progress.start(self.step)
+        while self.step < end:
+            batches = self._next_batches()
+            lr = self._schedule()
+            record = self._optimizer_step(batches, lr)
+            self._log(record)
+            if self._due(self.cfg.eval.every):
+                self._evaluate()
+            if self._due(self.cfg.checkpoint.every):
+                self._checkpoint()
+        if not self._due(self.cfg.checkpoint.every) and self.step > first:
+            self._checkpoint()
+        if self.step >= self.total_steps:
+            self._save_final()
+        self.metrics.close()
+        elapsed = time.perf_counter() - start
+        samples = (self.step - first) * self.progress.samples_per_step
+        return {"step": self.step, "loss": record.get("loss"), "seconds": elapsed,
+                "samples_per_second": samples / elapsed if elapsed > 0 else float("nan")}
+
+    def _due(self, every: int) -> bool:
+        return every > 0 and self.step % every == 0
+
+    def _next_batches(self) -> list[tuple[torch.Tensor, torch.Tensor]]:
+        """The step's ``accum_steps`` micro-batches; a new epoch starts when this one's steps are done."""
+        if self.epoch_step >= self.steps_per_epoch:
+            self.epoch, self.epoch_step, self._batches = self.epoch + 1, 0, None
+        if self._batches is None:
+            self.loader.set_epoch(self.epoch)  # keeps a restored mid-epoch position
+            self._batches = iter(self.loader)
+        micro = []
+        for _ in range(self.cfg.run.accum_steps):
+            images, tokens = next(self._batches)
+            micro.append((images, tokens))
+        self.epoch_step += 1
+        return micro
+
+    def _schedule(self) -> float:
+        lr = learning_rate(self.step, self.cfg.optim.lr, self.total_steps, self.cfg.schedule)
+        set_learning_rate(self.optimizer, lr)
+        return lr
+
+    def _optimizer_step(self, batches, lr: float) -> dict[str, Any]:
+        """Gradients, checks, update. A NaN/Inf loss or gradient skips the update entirely."""
+        self.optimizer.zero_grad(set_to_none=True)
+        loss, diagnostics = forward_backward(self.model, batches, self.cfg.run.loss, self.info.device,
+                                             self.precision.autocast, self.precision.scale)
+        self.precision.unscale(self.optimizer)
+        grad_norm = clip_gradients(self.model, self.cfg.optim.clip_grad_norm)
+        loss = all_reduce_mean(loss.float()).item()
+        finite = math.isfinite(loss) and math.isfinite(grad_norm)
+        if finite:
+            self.precision.step(self.optimizer)
+            clamp_logit_scale(self.clip)
+            self.skipped = 0
+        else:
+            self._skip(loss, grad_norm)
+        self.precision.update()
+        self.step += 1
+        record = {"kind": "train", "step": self.step, "epoch": self.epoch, "loss": loss, "loss_hex": float(loss).hex(),
+                  "lr": lr, "grad_norm": grad_norm, "skipped": not finite}
+        for name, value in diagnostics.items():
+            record[name] = all_reduce_mean(value.float()).item()
+        record["logit_scale"] = float(self.clip.logit_scale.detach().exp())
+        return record
+
+    def _skip(self, loss: float, grad_norm: float) -> None:
+        self.skipped += 1
+        self.echo(f"step {self.step + 1}: non-finite {'loss' if not math.isfinite(loss) else 'gradient'} "
+                  f"(loss {loss}, gradient norm {grad_norm}): update skipped, parameters and optimizer state "
+                  f"unchanged ({self.skipped} in a row, limit {self.cfg.run.max_skipped_steps})")
+        if self.skipped >= self.cfg.run.max_skipped_steps:
+            raise NonFiniteError(f"step {self.step + 1}: {self.skipped} consecutive steps with a non-finite loss or "
+                                 "gradient; stopping (lower optim.lr, use bf16 instead of fp16, or check the data)")
+
+    def _log(self, record: dict[str, Any]) -> None:
+        extra = f" | i2t {record['i2t_acc']:.2f} t2i {record['t2i_acc']:.2f}"
+        rate = self.progress.update(self.step, record["loss"], record["lr"], record["logit_scale"], extra)
+        if rate is not None:
+            record["samples_per_s"] = rate
+        self.metrics.write(record)
+
+    def _train_mode(self) -> None:
+        self.model.train()
+        for module in self.frozen:  # locked towers keep their BatchNorm statistics
+            module.eval()
+
+    # ---- evaluation, checkpoints ------------------------------------------------------------------
+
+    def _evaluate(self) -> None:
+        """Zero-shot accuracy on the configured set: on rank 0 (every rank for FSDP, whose weights are sharded)."""
+        result = None
+        if self.info.is_main or is_fsdp(self.model):
+            model = self.model if is_fsdp(self.model) else self.clip
+            result = self.evaluator(model)
+        self._train_mode()
+        barrier()
+        if result is not None and self.info.is_main:
+            self.echo(f"step {self.step}: zero-shot {result['task']} acc1 {result['acc1']:.3f} "
+                      f"(chance {result['chance']:.3f}, {result['n']} images)")
+            self.metrics.write({"kind": "eval", "step": self.step, **result})
+
+    def _checkpoint(self) -> Path | None:
+        model_state, optim_state = get_state_dict(self.model, self.optimizer, options=_FULL)
+        rng = gather_objects(ckpt.rng_state(self.info.device))
+        data = gather_objects(self.loader.state_dict())
+        path = None
+        if self.info.is_main:
+            clip_state = {k.removeprefix("clip."): v for k, v in model_state.items() if k.startswith("clip.")}
+            extra = {k: v for k, v in model_state.items() if not k.startswith("clip.")}
+            train_state = {"step": self.step, "epoch": self.epoch, "epoch_step": self.epoch_step,
+                           "skipped": self.skipped, "world_size": self.info.world_size, "optimizer": optim_state,
+                           "scaler": self.precision.state_dict(), "rng": rng, "data": data, "extra_params": extra,
+                           "schedule": {"total_steps": self.total_steps, "base_lr": self.cfg.optim.lr}}
+            path = ckpt.save_checkpoint(
+                self.run_dir, self.step,
+                lambda d: ckpt.write_model_dir(d, clip_state, self.clip.config, self.tokenizer),
+                train_state, self.cfg.checkpoint.keep)
+        barrier()
+        return path
+
+    def _resume(self) -> None:
+        target = self.cfg.checkpoint.resume
+        if not target:
+            return
+        if target == "latest":
+            found = ckpt.find_resumable(self.run_dir, self.echo)
+            if found is None:
+                self.echo(f"no complete checkpoint in {self.run_dir}: starting from scratch")
+                return
+        else:
+            found = (Path(target), *ckpt.read_checkpoint(target))
+        path, clip_state, state = found
+        if state["world_size"] != self.info.world_size:
+            raise ValueError(f"{path}: written by {state['world_size']} processes, resumed with "
+                             f"{self.info.world_size}; exact resume needs the same number")
+        self._load_state(clip_state, state)
+        self.echo(f"resumed from {path} (step {self.step}, epoch {self.epoch})")
+
+    def _load_state(self, clip_state: dict[str, torch.Tensor], state: dict[str, Any]) -> None:
+        model_state = {f"clip.{k}": v for k, v in clip_state.items()} | state["extra_params"]
+        set_state_dict(self.model, self.optimizer, model_state_dict=model_state,
+                       optim_state_dict=state["optimizer"], options=StateDictOptions(full_state_dict=True))
+        self.precision.load_state_dict(state["scaler"])
+        ckpt.set_rng_state(state["rng"][self.info.rank], self.info.device)
+        self.loader.load_state_dict(state["data"][self.info.rank])
+        self.step, self.epoch, self.epoch_step = state["step"], state["epoch"], state["epoch_step"]
+        self.skipped, self._batches = state["skipped"], None
+        self.metrics.truncate_after(self.step)
+
+    def _save_final(self) -> None:
+        if self.info.is_main:
+            final = self.run_dir / "final"
+            last = ckpt.list_checkpoints(self.run_dir)[-1]
+            clip_state, _ = ckpt.read_checkpoint(last)
+            ckpt.write_model_dir(final, clip_state, self.clip.config, self.tokenizer)
+            self.echo(f"final model written to {final}")
+        barrier()
