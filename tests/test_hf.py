@@ -139,3 +139,25 @@ def test_hf_directory_with_bad_config_names_the_file(tmp_path):
     (tmp_path / "config.json").write_text(config)
     with pytest.raises(CheckpointError, match=r"config\.json: invalid model config .*hidden_act"):
         clipforge.api.load_model(tmp_path)
+
+
+def test_convert_command_round_trip(reference_dir, tmp_path, capsys):
+    """`clipforge convert`: reference → HF dir → our dir → OpenAI-layout safetensors, outputs unchanged."""
+    from clipforge.cli import main
+
+    io = load_file(str(reference_dir / "parity" / "tiny_vit_io.safetensors"))
+    src = reference_dir / "parity" / "tiny_vit.safetensors"
+    assert main(["convert", str(src), "--to", "hf", "--out", str(tmp_path / "hf")]) == 0
+    assert transformers.CLIPModel.from_pretrained(tmp_path / "hf").config.projection_dim == 64
+    assert main(["convert", str(tmp_path / "hf"), "--to", "clipforge", "--out", str(tmp_path / "ours")]) == 0
+    assert main(["convert", str(tmp_path / "ours"), "--to", "openai", "--out", str(tmp_path / "sd.safetensors")]) == 0
+    model = clipforge.api.load_model(tmp_path / "sd.safetensors")
+    with torch.no_grad():
+        torch.testing.assert_close(model.encode_image(io["images"]), io["image_features"], atol=TOL, rtol=0)
+        torch.testing.assert_close(model.encode_text(io["tokens"]), io["text_features"], atol=TOL, rtol=0)
+    capsys.readouterr()
+    resnet = reference_dir / "parity" / "tiny_resnet.safetensors"
+    assert main(["convert", str(resnet), "--to", "hf", "--out", str(tmp_path / "rn_hf")]) == 1
+    assert "no ModifiedResNet" in capsys.readouterr().err
+    assert main(["convert", str(tmp_path / "missing.pt"), "--to", "openai", "--out", str(tmp_path / "x")]) == 1
+    assert "missing.pt" in capsys.readouterr().err

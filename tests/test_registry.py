@@ -105,3 +105,18 @@ def test_small_config_forward_backward_on_cpu(name):
         assert param.grad is not None, f"{name}: no gradient for {pname}"
         assert torch.isfinite(param.grad).all(), f"{name}: non-finite gradient for {pname}"
     assert model.logit_scale.grad.abs() > 0
+
+
+def test_models_command_table_and_json(capsys):
+    from clipforge.cli import main
+
+    assert main(["models"]) == 0
+    table = capsys.readouterr().out.splitlines()
+    assert table[0].split()[:2] == ["name", "image"] and table[1].startswith("RN50 ")
+    assert any(line.startswith("ViT-B/32 ") and "151.3M" in line and "ViT-B-32-quickgelu" in line for line in table)
+    assert main(["models", "--json"]) == 0
+    rows = json.loads(capsys.readouterr().out)
+    assert [r["name"] for r in rows] == clipforge.available_models()
+    rn50 = rows[0]
+    assert rn50["parameters"] == 102_007_137 and rn50["embed_dim"] == 1024 and rn50["image_size"] == 224
+    assert rn50["tower"].startswith("ModifiedResNet") and rn50["aliases"] == ["RN50-quickgelu"]

@@ -44,9 +44,9 @@ def load(
     ``tokenizer`` is the one saved with the model, else OpenAI's (None when its vocabulary file is
     not available offline; see ``clipforge.tokenizer.download_openai_vocab``).
     """
-    path = _resolve_path(name_or_path, download_root)
+    path = resolve_checkpoint(name_or_path, download_root)
     clip = load_model(path, device=device, model=model, image_size=image_size)
-    return clip, eval_transform(clip.image_size), _tokenizer_for(path, clip.config)
+    return clip, eval_transform(clip.image_size), tokenizer_for(path, clip.config)
 
 
 def load_model(
@@ -82,7 +82,8 @@ def save(model: CLIP, directory: str | os.PathLike, tokenizer: Any = None) -> Pa
     return save_directory(model, directory, tokenizer)
 
 
-def _resolve_path(name_or_path: str | os.PathLike, download_root: str | os.PathLike | None) -> Path:
+def resolve_checkpoint(name_or_path: str | os.PathLike, download_root: str | os.PathLike | None = None) -> Path:
+    """A local checkpoint path: ``name_or_path`` itself, or OpenAI's weights for a model name (downloaded)."""
     path = Path(name_or_path)
     if path.exists():
         return path
@@ -104,7 +105,7 @@ def _is_model_name(name: str) -> bool:
     return True
 
 
-def _tokenizer_for(path: Path, config: ModelConfig):
+def tokenizer_for(path: Path, config: ModelConfig):
     """The tokenizer saved with the model, else OpenAI's (when the vocabulary sizes agree)."""
     from clipforge.tokenizer import Tokenizer
     from clipforge.tokenizer.core import CONFIG_FILE
@@ -130,4 +131,4 @@ def _tokenizer_for(path: Path, config: ModelConfig):
         return None  # the model still loads; tokenize() explains how to get the vocabulary
 
 
-__all__ = ["load", "load_model", "save", "available_models"]
+__all__ = ["load", "load_model", "save", "resolve_checkpoint", "tokenizer_for", "available_models"]

@@ -39,6 +39,12 @@ def canonical_name(name: str) -> str:
     raise KeyError(f"unknown model {name!r}; available: {', '.join(available_models())}")
 
 
+def aliases_of(name: str) -> list[str]:
+    """The other names of a registered model (e.g. ``ViT-B-32-quickgelu`` for ``ViT-B/32``)."""
+    canonical = canonical_name(name)
+    return sorted(alias for alias, target in _ALIASES.items() if target == canonical)
+
+
 def get_config(name: str) -> ModelConfig:
     return _CONFIGS[canonical_name(name)]
 
