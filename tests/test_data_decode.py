@@ -47,6 +47,7 @@ def test_draft_mode_for_large_jpegs():
     assert small.size == (128, 96)  # DCT scale 1/4: the shorter side stays >= 64
     assert decode_image(big, DecodeConfig(image_size=256)).size == (512, 384)  # not >= 2x: full decode
     assert decode_image(png_bytes(6, (512, 384)), DecodeConfig(image_size=64)).size == (512, 384)
+    assert decode_image(big, DecodeConfig(image_size=64, draft=False)).size == (512, 384)
 
 
 def test_captions():

@@ -170,3 +170,19 @@ def test_state_from_another_configuration_is_refused(tmp_path):
     state = make_loader(spec, 2).state_dict()
     with pytest.raises(ValueError, match="workers"):
         make_loader(spec, 3).load_state_dict(state)
+
+
+def test_large_jpegs_decode_in_draft_mode_at_the_transform_size(tmp_path):
+    members = [m for i in range(4) for m in ((f"k{i}.jpg", jpeg_bytes(i, (256, 192))), (f"k{i}.txt", b"a big photo"))]
+    write_tar(tmp_path / "00000.tar", members)
+    seen_sizes = []
+
+    class Recording:
+        image_size = 32
+
+        def __call__(self, image):
+            seen_sizes.append(image.size)
+            return torch.zeros(3, 32, 32)
+
+    assert len(keys_of(make_loader(str(tmp_path / "00000.tar"), 0, transform=Recording()))) == 4
+    assert seen_sizes == [(64, 48)] * 4  # libjpeg's 1/4 scale: the shorter side stays >= 32

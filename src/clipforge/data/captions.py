@@ -10,6 +10,8 @@ use: "circle", "red object", "red circle", "two objects".
 
 from __future__ import annotations
 
+import re
+
 import numpy as np
 
 from clipforge.data.render import Obj, Scene
@@ -25,6 +27,10 @@ _POSITION_PHRASES = {  # "... a red circle {phrase}"
     "bottom left": "in the bottom left", "bottom": "at the bottom", "bottom right": "in the bottom right",
 }
 SYNONYM_P = 0.15  # how often a shape/colour synonym replaces the canonical word
+# Captions fit the demo's 32-token context (SOT + 30 + EOT) with room to spare, so no object
+# is ever cut off by truncation.
+MAX_LENGTH = 28
+_TOKENS = re.compile(r"[^\W\d_]+|\d|[^\s\w]+")
 
 
 def article(phrase: str) -> str:
@@ -41,18 +47,17 @@ def _word(rng: np.random.Generator, word: str, synonyms: dict[str, tuple[str, ..
     return word
 
 
-def object_phrase(obj: Obj, rng: np.random.Generator, with_position: bool = True) -> str:
-    """An indefinite noun phrase naming the object's colour and shape (and maybe size/position)."""
+def object_phrase(obj: Obj, rng: np.random.Generator, with_position: bool = True, short: bool = False) -> str:
+    """An indefinite noun phrase naming the object's colour and shape (and maybe size/position).
+
+    ``short`` keeps to two or three words, so a three-object caption fits a 32-token context.
+    """
     shape = _word(rng, obj.shape, _SHAPE_SYNONYMS)
     colour = _word(rng, obj.colour, _COLOUR_SYNONYMS)
     size = _pick(rng, _SIZE_WORDS[obj.size])
-    forms = [
-        f"{colour} {shape}",
-        f"{size} {colour} {shape}",
-        f"{shape} in {colour}",
-        f"{size} {colour} object shaped like {article(shape)}",
-        f"{colour} object shaped like {article(shape)}",
-    ]
+    forms = [f"{colour} {shape}", f"{size} {colour} {shape}", f"{shape} in {colour}"]
+    if not short:
+        forms += [f"{size} {colour} object shaped like {article(shape)}", f"{colour} object shaped like {article(shape)}"]
     phrase = article(_pick(rng, forms))
     if with_position and rng.random() < 0.3:
         phrase += " " + _POSITION_PHRASES[obj.position]
@@ -74,8 +79,18 @@ def _relation(a: Obj, b: Obj) -> str:
     return "above" if dy < 0 else "below"
 
 
+def caption_length(caption: str) -> int:
+    """Words and punctuation runs: a BPE trained on these captions gives about one token each."""
+    return len(_TOKENS.findall(caption))
+
+
 def describe(scene: Scene, rng: np.random.Generator) -> str:
-    """One caption of ``scene`` (mentions every object's colour and shape)."""
+    """One caption of ``scene``: names every object's colour and shape, at most MAX_LENGTH tokens."""
+    caption = _describe(scene, rng, short=False)
+    return caption if caption_length(caption) <= MAX_LENGTH else _describe(scene, rng, short=True)
+
+
+def _describe(scene: Scene, rng: np.random.Generator, short: bool) -> str:
     objs = [scene.objects[i] for i in rng.permutation(len(scene.objects))]
     medium = _pick(rng, _MEDIA)
     tone = scene.background.get("tone", "plain")
@@ -89,7 +104,9 @@ def describe(scene: Scene, rng: np.random.Generator) -> str:
             f"one object: {np_}.", f"{article(medium)} of {np_} {pos}.",
         ]
         return _pick(rng, frames)
-    phrases = [object_phrase(o, rng) for o in objs]
+    # Three objects: short phrases without positions (every object named within ~30 tokens).
+    short = short or len(objs) == 3
+    phrases = [object_phrase(o, rng, with_position=not short, short=short) for o in objs]
     listing = join_list(phrases, rng)
     count = COUNT_WORDS[len(objs) - 1]
     frames = [
@@ -98,7 +115,7 @@ def describe(scene: Scene, rng: np.random.Generator) -> str:
         f"{article(medium)} of {count} objects: {listing}.",
     ]
     if len(objs) == 2:
-        a = object_phrase(objs[0], rng, with_position=False)
-        b = object_phrase(objs[1], rng, with_position=False)
+        a = object_phrase(objs[0], rng, with_position=False, short=short)
+        b = object_phrase(objs[1], rng, with_position=False, short=short)
         frames.append(f"{a} {_relation(objs[0], objs[1])} {b}.")
     return _pick(rng, frames)

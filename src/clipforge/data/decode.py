@@ -14,7 +14,7 @@ known):
 4. JPEG draft mode: when the shorter side is at least twice ``image_size``, libjpeg decodes at
    1/2, 1/4 or 1/8 scale directly (DCT scaling), never below ``image_size``. This saves most of the
    decode time for large photos; the pixels differ slightly from a full decode + resize, so turn
-   it off (``image_size=None``) where bit-exact OpenAI preprocessing matters.
+   it off (``DecodeConfig(draft=False)``) where bit-exact OpenAI preprocessing matters.
 5. full decode                                   -> ``corrupt_image`` on truncation/corruption
 """
 
@@ -71,12 +71,16 @@ class BadSample(Exception):
 class DecodeConfig:
     """Limits for image decoding.
 
-    image_size: the transform's output side; enables JPEG draft decoding (None: always full decode).
+    image_size: the transform's output side, for JPEG draft decoding (the loader fills it in from
+        ``transform.image_size`` when left None).
     max_pixels: reject images whose header claims more pixels (default 40 MP, e.g. 8000x5000).
+    draft: use JPEG draft decoding for images at least twice ``image_size`` (False: always decode
+        at full size, as OpenAI's preprocessing does).
     """
 
     image_size: int | None = None
     max_pixels: int = 40_000_000
+    draft: bool = True
 
 
 def sniff_image(data: bytes) -> bool:
@@ -114,7 +118,7 @@ def decode_image(data: bytes, config: DecodeConfig = DecodeConfig()) -> Image.Im
     was used; otherwise the stored size.
     """
     img = open_image_header(data, config.max_pixels)
-    if config.image_size and img.format == "JPEG" and min(img.size) >= 2 * config.image_size:
+    if config.draft and config.image_size and img.format == "JPEG" and min(img.size) >= 2 * config.image_size:
         # draft() picks the largest DCT scale keeping both sides >= the requested size.
         img.draft("RGB", (config.image_size, config.image_size))
     try:

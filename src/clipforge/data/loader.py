@@ -35,7 +35,7 @@ from __future__ import annotations
 import inspect
 import multiprocessing as mp
 import zlib
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Callable, Iterator
 
@@ -139,6 +139,10 @@ class _SlotDataset(IterableDataset):
                  tokenizer: Tokenizer, rank: int, workers: int) -> None:
         self.shards, self.config, self.rank, self.workers = shards, config, rank, workers
         self.transform, self.tokenizer = transform, tokenizer
+        size = getattr(transform, "image_size", None)
+        self.decode = config.decode
+        if self.decode.image_size is None and isinstance(size, int):
+            self.decode = replace(self.decode, image_size=size)  # enables draft decoding of big JPEGs
         self.with_rng = _takes_rng(transform)
         self.start: _Start | None = None
         self.last_error = ""
@@ -206,7 +210,7 @@ class _SlotDataset(IterableDataset):
         data = load_bytes(image_value)
         if data is None:
             raise BadSample("missing_image", "file not found")
-        image = decode_image(data, self.config.decode)
+        image = decode_image(data, self.decode)
         try:
             if self.with_rng:
                 rng = sample_rng(self.config.seed, self.start.plan.epoch, item.shard, item.key, pass_index)
