@@ -215,7 +215,7 @@ def _declared_state_names(archive: zipfile.ZipFile, prefix: str) -> dict[str, se
         source = archive.read(name).decode("utf-8", errors="replace")
         for match in re.finditer(r"^class (\w+)\(Module\):\n((?:[ \t]+.*\n|\n)*)", source, flags=re.M):
             body = match[2]
-            lists = re.findall(r"^\s+__(?:parameters|buffers)__ = \[(.*?)\]", body, flags=re.M)
+            lists = re.findall(r"^\s+__(?:parameters|buffers)__ = \[(.*?)\]", body, flags=re.M | re.S)
             declared[f"{module}.{match[1]}"] = {n for part in lists for n in re.findall(r'"(\w+)"', part)}
     return declared
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 
 import torch
@@ -32,6 +33,7 @@ def model_rows() -> list[dict]:
     ]
 
 
+@functools.lru_cache(maxsize=None)  # configs are frozen, so hashable
 def count_parameters(config: ModelConfig) -> int:
     """Parameter count of a config, built on the meta device (no memory, no initialisation)."""
     with torch.device("meta"):
