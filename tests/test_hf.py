@@ -161,3 +161,13 @@ def test_convert_command_round_trip(reference_dir, tmp_path, capsys):
     assert "no ModifiedResNet" in capsys.readouterr().err
     assert main(["convert", str(tmp_path / "missing.pt"), "--to", "openai", "--out", str(tmp_path / "x")]) == 1
     assert "missing.pt" in capsys.readouterr().err
+
+
+def test_sharded_hf_directory_loads(tmp_path):
+    hf = _random_hf("gelu", seed=4)
+    hf.save_pretrained(tmp_path, max_shard_size="300KB")
+    assert (tmp_path / "model.safetensors.index.json").is_file()
+    ours = clipforge.api.load_model(tmp_path)
+    assert ours.config.text.act == "gelu"
+    images, tokens = _inputs(32, 1000, 24)
+    _assert_equal_outputs(ours, hf, images, tokens)
