@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from clipforge.tokenizer import Tokenizer
+from clipforge.tokenizer import Tokenizer, core
 from clipforge.tokenizer.bpe import byte_symbols, merge_symbols
 from clipforge.tokenizer.cleaning import PLAIN_ASCII_BYTES, clean_text, is_plain_ascii, reference_clean
 from clipforge.tokenizer.reference import ReferenceTokenizer, reference_bpe
@@ -84,11 +84,17 @@ def test_fast_path_equals_reference_on_captions(tok: Tokenizer, ref: ReferenceTo
         assert row == expected + [0] * (77 - len(expected)), text
 
 
-def test_long_texts_first_ids_equal_reference(tok: Tokenizer, ref: ReferenceTokenizer) -> None:
+def test_long_texts_first_ids_equal_reference(
+    tok: Tokenizer, ref: ReferenceTokenizer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A small first cut (it is at least 4 * 76 * 32 = 9,728 characters) and a small ceiling, so that
+    # texts of some ten thousand characters exercise the cut, the hard cut and the widening.
+    monkeypatch.setattr(core, "_RAW_CAP", 1024)
+    monkeypatch.setattr(core, "_RAW_CAP_MAX", 40_000)
     r = random.Random(1)
-    # over 16,384 characters: the per-text path cuts the raw text before cleaning
-    texts = [sep.join(mixed_unicode_texts(r.randint(500, 600), seed=k)) for k, sep in enumerate(["", " ", "\n"])]
-    texts += [" " * 20000 + "late words", "ab" * 3000, "x" * 3000 + " tail", "日本" * 2000, "!" * 3000]
+    texts = [sep.join(mixed_unicode_texts(r.randint(400, 500), seed=k)) for k, sep in enumerate(["", " ", "\n"])]
+    texts += ["\u3000" * 12_000 + "after 12,000 ideographic spaces", "\x01" * 50_000 + "after control characters",
+              "é" * 15_000, "日本" * 6000 + " tail", " " * 12_000 + "late words", "!" * 3000, "x" * 3000 + " tail"]
     rows = tok(texts).tolist()
     for text, row in zip(texts, rows):
         expected = ref.tokens(text)

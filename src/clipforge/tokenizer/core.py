@@ -28,9 +28,9 @@ MERGES_FILE = "bpe_merges.txt.gz"
 CONFIG_FILE = "tokenizer.json"
 _SEPARATOR = "\x00"  # never in a plain-ASCII text, and a chunk of its own once surrounded by spaces
 _PLAIN_MAX_CHARS = 4096  # longer texts take the per-text path, which stops once the context is full
-# Bounded-time encoding of huge non-plain texts: ftfy sees at most this many raw characters
-# (about 1 s of ftfy per MB in the worst case), starting from the first and widening x4 as needed.
-_RAW_CAP, _RAW_CAP_MAX = 16384, 1 << 18
+# Bounded-time encoding of huge non-plain texts: ftfy (up to ~1 s per MB) sees the first 65,536
+# raw characters, widened x4 up to 262,144 only while that holds too few tokens.
+_RAW_CAP, _RAW_CAP_MAX = 1 << 16, 1 << 18
 _CACHE_MAX_ENTRIES = 1 << 19
 _CACHE_MAX_KEY_CHARS = 64
 
@@ -120,7 +120,9 @@ class Tokenizer:
         """Load a tokenizer written by `save`."""
         directory = Path(directory)
         config = json.loads((directory / CONFIG_FILE).read_text(encoding="utf-8"))
-        merges = read_merges(directory / config.get("merges_file", MERGES_FILE), config["num_merges"])
+        if config.get("type") != "clip_bpe":  # e.g. a Hugging Face tokenizer.json
+            raise ValueError(f"{directory / CONFIG_FILE} is not a clipforge tokenizer (type {config.get('type')!r})")
+        merges = read_merges(directory / config.get("merges_file", MERGES_FILE), config.get("num_merges"))
         tok = cls(merges, config.get("context_length", 77), config.get("special_tokens", SPECIAL_TOKENS))
         if tok.vocab_size != config.get("vocab_size", tok.vocab_size):
             raise ValueError(f"{directory}: vocab_size {tok.vocab_size} != {config['vocab_size']} in {CONFIG_FILE}")
@@ -135,6 +137,12 @@ class Tokenizer:
     def __repr__(self) -> str:
         return f"Tokenizer(vocab_size={self.vocab_size}, context_length={self.context_length})"
 
+    def clear_cache(self) -> None:
+        """Forget the cached ids of words and chunks (they are bounded anyway; for memory or timing)."""
+        for memo in (self._words, self._chunks):
+            memo.clear()
+            memo.update(memo.seed)
+
     # ---- encoding ------------------------------------------------------------------------------
     def _chunk_ids(self, chunk: str) -> tuple[int, ...]:
         return tuple(chain.from_iterable(map(self._words.__getitem__, self._pattern.findall(chunk))))
@@ -146,9 +154,9 @@ class Tokenizer:
         the text (the [N, context] call uses this with context_length - 1). Two caps make it bounded:
         - a single word longer than `max_tokens * 32` characters (32 bytes = the longest vocabulary
           entry, so the cut still yields at least `max_tokens` ids) is BPE-encoded from that prefix;
-        - a text that is not plain ASCII (one that needs ftfy) is cleaned from its first 16,384
-          characters, cut after a line break or a space (cleaning.cap_raw_text), widened x4 up to
-          262,144 characters while that gives fewer than `max_tokens` ids.
+        - a text that is not plain ASCII (one that needs ftfy) is cleaned from its first 65,536
+          characters, cut after a line break or a space (cleaning.cap_raw_text), widened to
+          262,144 characters when that gives fewer than `max_tokens` ids.
         Ids can differ from the full text's only for a word over the cap whose BPE merges would
         cascade across the cut, a line over the cap whose mojibake repair depends on text past it,
         or 262,144+ characters of filler before the first `max_tokens` ids.
@@ -166,7 +174,11 @@ class Tokenizer:
             # Every chunk gives at least one id, so the first max_tokens chunks are enough; the split
             # also spares the regex a scan through long runs of whitespace.
             return self._first_ids(" ".join(text.split(None, max_tokens)[:max_tokens]).lower(), max_tokens)
-        cap = _RAW_CAP
+        # A hard cut (no space or line break in the kept second half) is harmless too: that half holds
+        # >= 2 * word_cap bytes, so the first max_tokens ids come before the token that was cut, or
+        # that token is over word_cap and only its first word_cap characters count anyway (unless ftfy
+        # deletes most of that half: a long run of control characters right before the cut).
+        cap = max(_RAW_CAP, 4 * max_tokens * self.vocab.max_token_bytes)
         while True:  # widen the cut only when it kept too little text (e.g. a long run of filler)
             raw = cap_raw_text(text, cap)
             ids = self._first_ids(clean_text(raw), max_tokens)
