@@ -12,7 +12,9 @@ import pytest
 import torch
 
 import clipforge.tokenizer as tokmod
-from clipforge.tokenizer import SPECIAL_TOKENS, Tokenizer, download_openai_vocab, resolve_openai_vocab, tokenize
+from clipforge.tokenizer import (
+    SPECIAL_TOKENS, TextTooLongError, Tokenizer, download_openai_vocab, resolve_openai_vocab, tokenize,
+)
 from clipforge.tokenizer.cleaning import clean_text, compile_pattern
 from clipforge.tokenizer.openai_vocab import OPENAI_VOCAB_FILENAME, OPENAI_VOCAB_SHA256
 from clipforge.tokenizer.samples import mixed_unicode_texts, synthetic_captions
@@ -83,11 +85,12 @@ def test_truncation_keeps_eot_in_last_slot(tok: Tokenizer) -> None:
 
 def test_truncate_false_names_index_and_length(tok: Tokenizer) -> None:
     long_plain = "word " * 100
-    with pytest.raises(ValueError, match=r"index 1 \(length 500 characters\).*102 tokens"):
+    with pytest.raises(TextTooLongError, match=r"index 1 \(length 500 characters\).*102 tokens"):
         tok(["ok", long_plain], truncate=False)
     long_unicode = "café " * 2000  # takes the per-text path, which stops counting at the context
     with pytest.raises(ValueError, match=r"index 0 \(length 10000 characters\).*more than 77 tokens"):
         tok([long_unicode], truncate=False)
+    assert issubclass(TextTooLongError, RuntimeError)  # what OpenAI's clip.tokenize raises
     exact = "a " * 75  # SOT + 75 + EOT fits exactly
     assert tok(exact, truncate=False)[0, -1].item() == EOT
 

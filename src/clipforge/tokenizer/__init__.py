@@ -14,7 +14,7 @@ from collections.abc import Sequence
 from functools import lru_cache
 from typing import TYPE_CHECKING
 
-from clipforge.tokenizer.core import SPECIAL_TOKENS, Tokenizer
+from clipforge.tokenizer.core import SPECIAL_TOKENS, TextTooLongError, Tokenizer
 from clipforge.tokenizer.openai_vocab import download_openai_vocab, resolve_openai_vocab
 from clipforge.tokenizer.train import train_bpe
 
@@ -23,6 +23,7 @@ if TYPE_CHECKING:
 
 __all__ = [
     "SPECIAL_TOKENS",
+    "TextTooLongError",
     "Tokenizer",
     "download_openai_vocab",
     "openai_tokenizer",
@@ -46,6 +47,6 @@ def tokenize(texts: str | Sequence[str], context_length: int = 77, truncate: boo
     """OpenAI's `clip.tokenize`: LongTensor [N, context_length] of SOT, ids, EOT, zero padding.
 
     A text longer than the context keeps its first context_length - 2 ids and ends with EOT
-    (`truncate=False` raises a ValueError naming the text's index and length instead).
+    (`truncate=False` raises TextTooLongError, a ValueError, naming the text's index and length).
     """
     return openai_tokenizer()(texts, context_length=context_length, truncate=truncate)

@@ -35,6 +35,10 @@ _CACHE_MAX_ENTRIES = 1 << 19
 _CACHE_MAX_KEY_CHARS = 64
 
 
+class TextTooLongError(ValueError, RuntimeError):
+    """A text does not fit the context with truncate=False (a RuntimeError too, as OpenAI's)."""
+
+
 class _Memo(dict):
     """A dict that computes and stores missing values; `memo.__getitem__` is a C-level callable,
     so `map(memo.__getitem__, keys)` costs a dict lookup per key on hits."""
@@ -229,7 +233,7 @@ class Tokenizer:
             i = int(too_long[0])
             # plain texts have exact counts; the others stopped counting at ctx - 1 ids
             count = f"{lengths[i] + 2} tokens" if i in set(plain) else f"more than {ctx} tokens"
-            raise ValueError(
+            raise TextTooLongError(
                 f"text at index {i} (length {len(texts[i])} characters) is too long for context_length="
                 f"{ctx}: {count} with start/end of text; pass truncate=True to cut it"
             )
