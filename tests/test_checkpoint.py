@@ -331,7 +331,7 @@ def test_cache_dir_follows_the_environment(monkeypatch, tmp_path):
     assert hub.cache_dir() == tmp_path / "xdg" / "clipforge"
 
 
-def test_load_by_name_downloads_then_loads(server, tmp_path, monkeypatch):
+def test_load_by_name_downloads_then_loads(server, tmp_path, monkeypatch, reference_dir):
     """clipforge.load("ViT-B/32") goes through the hub; here the URL serves the tiny model instead."""
     base, www, _ = server
     torch.manual_seed(0)
@@ -339,8 +339,17 @@ def test_load_by_name_downloads_then_loads(server, tmp_path, monkeypatch):
     file = tmp_path / "tiny.safetensors"
     save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(file))
     monkeypatch.setitem(hub.OPENAI_URLS, "ViT-B/32", f"{base}/{_publish(www, file.read_bytes(), 'ViT-B-32.pt')}")
-    loaded, _, _ = clipforge.load("ViT-B-32-quickgelu", download_root=tmp_path / "cache")
+    # OpenAI's vocabulary comes along (the user is online): the tokenizer's real download, from loopback.
+    vocab = reference_dir / "tokenizer" / "bpe_simple_vocab_16e6.txt.gz"
+    vocab_url = f"{base}/{_publish(www, vocab.read_bytes(), vocab.name)}"
+    monkeypatch.setattr(clipforge.tokenizer, "download_openai_vocab",
+                        partial(clipforge.tokenizer.download_openai_vocab, url=vocab_url))
+    monkeypatch.setenv("CLIPFORGE_CACHE_DIR", str(tmp_path / "tok_cache"))
+    monkeypatch.delenv("CLIPFORGE_OPENAI_VOCAB", raising=False)
+    loaded, _, tokenizer = clipforge.load("ViT-B-32-quickgelu", download_root=tmp_path / "cache")
     assert (tmp_path / "cache" / "ViT-B-32.pt").is_file()
     assert loaded.config == model.config
+    assert (tmp_path / "tok_cache" / vocab.name).is_file()
+    assert tokenizer("a photo of a cat")[0, :7].tolist() == [49406, 320, 1125, 539, 320, 2368, 49407]
     with pytest.raises(clipforge.api.CheckpointError, match="no such file or directory, and not a model name"):
         clipforge.load("no-such-model-or-file")

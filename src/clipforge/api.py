@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import warnings
 from pathlib import Path
 from typing import Any, Callable
 
@@ -46,7 +47,10 @@ def load(
     """
     path = resolve_checkpoint(name_or_path, download_root)
     clip = load_model(path, device=device, model=model, image_size=image_size)
-    return clip, eval_transform(clip.image_size), tokenizer_for(path, clip.config)
+    tokenizer = tokenizer_for(path, clip.config)
+    if tokenizer is None and not Path(name_or_path).exists():  # loaded by name: the user is online
+        tokenizer = _download_openai_tokenizer(clip.config)
+    return clip, eval_transform(clip.image_size), tokenizer
 
 
 def load_model(
@@ -95,6 +99,18 @@ def resolve_checkpoint(name_or_path: str | os.PathLike, download_root: str | os.
         f"{name_or_path}: no such file or directory, and not a model name with released weights "
         f"(OpenAI's: {', '.join(available_models()[:9])})"
     )
+
+
+def _download_openai_tokenizer(config: ModelConfig):
+    """OpenAI's tokenizer, fetching its vocabulary file once (as the weights just were); None offline."""
+    from clipforge import tokenizer as tokenizer_module
+
+    try:
+        merges = tokenizer_module.download_openai_vocab()
+    except OSError as err:
+        warnings.warn(f"OpenAI's vocabulary file could not be downloaded ({err}); load() returns no tokenizer")
+        return None
+    return tokenizer_module.Tokenizer.openai(merges, context_length=config.text.context_length)
 
 
 def _is_model_name(name: str) -> bool:
