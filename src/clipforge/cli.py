@@ -52,6 +52,9 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
+    except BrokenPipeError:  # e.g. `clipforge models | head`: the reader left, nothing to report
+        sys.stderr.close()
+        return 0
     return int(code or 0)
 
 
