@@ -1,0 +1,264 @@
+"""Shared helpers for the benchmark scripts: environment, timing, memory, isolation, result files.
+
+Benchmarks are scripts, not tests (speed is never asserted in a unit test). Every script writes
+``benchmarks/results/<name>_<YYYY-MM-DD>_<host-kind>.json`` plus a short ``.md`` table naming the
+hardware, the torch version, the date and the exact command.
+
+CPU peak memory is the process's resident high-water mark (VmHWM from /proc/self/status), so each
+workload runs in a fresh subprocess; rounds alternate the implementations (ours, peer, ours, peer)
+so that load from other processes on a shared machine hits both alike.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import json
+import os
+import platform
+import shlex
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any, Callable
+
+import torch
+
+BENCH_DIR = Path(__file__).resolve().parent
+RESULTS_DIR = BENCH_DIR / "results"
+
+
+# ---------------------------------------------------------------------------------------------- env
+def cpu_model() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or "unknown"
+
+
+def host_kind(device: str) -> str:
+    """A short filename-safe hardware tag: ``cpu2`` (2 cores) or ``h100`` / ``h200`` / a GPU name."""
+    if device.startswith("cuda") and torch.cuda.is_available():
+        name = torch.cuda.get_device_name().lower()
+        for tag in ("h200", "h100", "a100", "l40s", "a10g", "l4", "t4", "v100"):
+            if tag in name:
+                return tag
+        return "".join(c for c in name if c.isalnum())[:16] or "gpu"
+    return f"cpu{os.cpu_count()}"
+
+
+def environment(device: str) -> dict[str, Any]:
+    env: dict[str, Any] = {
+        "date": _dt.datetime.now().isoformat(timespec="seconds"),
+        "host_kind": host_kind(device),
+        "cpu": cpu_model(),
+        "cpu_cores": os.cpu_count(),
+        "torch_threads": torch.get_num_threads(),
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "device": device,
+        "command": " ".join(shlex.quote(a) for a in [Path(sys.executable).name, *sys.argv]),
+        "git_commit": _git_commit(),
+    }
+    if device.startswith("cuda") and torch.cuda.is_available():
+        env["gpu"] = torch.cuda.get_device_name()
+        env["cuda"] = torch.version.cuda
+        env["gpu_memory_gib"] = round(torch.cuda.get_device_properties(0).total_memory / 2**30, 1)
+    for name in ("open_clip", "transformers"):
+        try:
+            env[name] = __import__(name).__version__
+        except Exception:  # noqa: BLE001 - absent or broken peers are simply not compared
+            env[name] = None
+    return env
+
+
+def _git_commit() -> str | None:
+    try:
+        out = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=BENCH_DIR, capture_output=True,
+                             text=True, timeout=10)
+        return out.stdout.strip() or None
+    except (OSError, subprocess.SubprocessError):
+        return None
+
+
+# ------------------------------------------------------------------------------------------ timing
+def synchronize(device: str) -> None:
+    if device.startswith("cuda"):
+        torch.cuda.synchronize()
+
+
+def time_iterations(fn: Callable[[], Any], device: str, warmup: int, iters: int,
+                    log: Callable[[str], None] | None = None) -> list[float]:
+    """Seconds per call of ``fn`` for ``iters`` timed calls after ``warmup`` untimed ones.
+
+    On CUDA each call is timed with a synchronisation after it (the benchmark's only host syncs).
+    """
+    for i in range(warmup):
+        start = time.perf_counter()
+        fn()
+        synchronize(device)
+        if log:
+            log(f"warm-up {i + 1}/{warmup}: {time.perf_counter() - start:.3f} s")
+    times = []
+    for _ in range(iters):
+        start = time.perf_counter()
+        fn()
+        synchronize(device)
+        times.append(time.perf_counter() - start)
+    return times
+
+
+def median(values: list[float]) -> float:
+    return statistics.median(values) if values else float("nan")
+
+
+# ------------------------------------------------------------------------------------------ memory
+def reset_peak_memory(device: str) -> None:
+    if device.startswith("cuda"):
+        torch.cuda.empty_cache()
+        torch.cuda.reset_peak_memory_stats()
+
+
+def peak_memory_mib(device: str) -> float:
+    """CUDA: the allocator's peak since the last reset. CPU: the process's peak RSS (VmHWM)."""
+    if device.startswith("cuda"):
+        return torch.cuda.max_memory_allocated() / 2**20
+    return _proc_status_kib("VmHWM") / 1024
+
+
+def current_rss_mib() -> float:
+    return _proc_status_kib("VmRSS") / 1024
+
+
+def _proc_status_kib(field: str) -> float:
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith(field + ":"):
+            return float(line.split()[1])
+    return float("nan")
+
+
+# --------------------------------------------------------------------------------------- isolation
+def run_isolated(script: Path, args: list[str], timeout: float | None = None) -> dict[str, Any]:
+    """Run ``script --worker ARGS`` in a fresh interpreter; its last stdout line is a JSON record."""
+    cmd = [sys.executable, str(script), "--worker", *args]
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout,
+                          env={**os.environ, "PYTHONUNBUFFERED": "1"})
+    if proc.returncode != 0:
+        tail = (proc.stderr or proc.stdout).strip().splitlines()[-15:]
+        return {"error": f"worker exited {proc.returncode}: " + " | ".join(tail)}
+    lines = [ln for ln in proc.stdout.strip().splitlines() if ln.startswith("{")]
+    if not lines:
+        return {"error": "worker printed no JSON record"}
+    return json.loads(lines[-1])
+
+
+def run_rounds(script: Path, worker_args: list[str], variants: list[str], rounds: int, isolate: bool,
+               in_process: Callable[[str], dict[str, Any]], label: str) -> list[dict[str, Any]]:
+    """Run every variant ``rounds`` times, alternating; each run is one record (or ``{"error": ...}``).
+
+    ``isolate``: each run is ``script --worker WORKER_ARGS --variant V`` in a fresh interpreter (CPU
+    peak RSS is per process); otherwise ``in_process(variant)`` (CUDA, where the allocator's peak
+    is reset per run). One failing variant never loses the others' numbers.
+    """
+    records = []
+    for r in range(rounds):
+        for variant in variants:
+            log(f"{label} {variant} round {r + 1}/{rounds}")
+            if isolate:
+                rec = run_isolated(script, [*worker_args, "--variant", variant])
+            else:
+                try:
+                    rec = in_process(variant)
+                except Exception as exc:  # noqa: BLE001
+                    rec = {"error": f"{type(exc).__name__}: {exc}"}
+            rec.setdefault("variant", variant)
+            if "error" in rec:
+                log(f"  error: {rec['error'][-400:]}")
+            else:
+                log(f"  {rec['batch'] / median(rec['times_s']):,.1f} samples/s, peak {rec['peak_mib']:,.0f} MiB")
+            records.append(rec)
+    return records
+
+
+def summarise(records: list[dict[str, Any]], keys: tuple[str, ...], peak_tflops: float | None,
+              flops_of: Callable[[dict[str, Any]], float | None]) -> list[dict[str, Any]]:
+    """One row per (model, variant): median samples/s over every timed iteration of every round,
+    the largest peak memory, FLOP/s and utilisation (``flops_of(row)`` = FLOPs per sample), and the
+    ratio to the model's plain open_clip row (else the plain ``ours:`` row)."""
+    rows: dict[tuple[str, str], dict[str, Any]] = {}
+    for rec in records:
+        key = (rec.get("model"), rec["variant"])
+        if "error" in rec:
+            rows.setdefault(key, {"model": key[0], "variant": key[1], "error": rec["error"][-400:]})
+            continue
+        row = rows.get(key)
+        if row is None or "error" in row:
+            row = rows[key] = {**{k: rec[k] for k in keys if k in rec}, "times_s": [], "peak_mib": 0.0}
+        row["times_s"] += rec["times_s"]
+        row["peak_mib"] = max(row["peak_mib"], rec["peak_mib"])
+    out = list(rows.values())
+    for row in out:
+        if "error" in row:
+            continue
+        row["samples_per_s"] = row["batch"] / median(row["times_s"])
+        flops = flops_of(row)
+        if flops:
+            row["gflop_per_sample"] = flops / 1e9
+            row["tflops"] = row["samples_per_s"] * flops / 1e12
+            row["utilisation"] = row["tflops"] / peak_tflops if peak_tflops else None
+    for row in out:
+        peers = [r for r in out if r["model"] == row["model"] and "samples_per_s" in r]
+        base = next((r for r in peers if r["variant"] == "open_clip:"), None) or \
+            next((r for r in peers if r["variant"] == "ours:"), None)
+        if base and "samples_per_s" in row:
+            row["vs"] = base["variant"]
+            row["speedup"] = row["samples_per_s"] / base["samples_per_s"]
+            row["mem_ratio"] = row["peak_mib"] / base["peak_mib"] if base["peak_mib"] else None
+    return out
+
+
+def log(message: str) -> None:
+    print(f"[{time.strftime('%H:%M:%S')}] {message}", file=sys.stderr, flush=True)
+
+
+# ----------------------------------------------------------------------------------------- results
+def result_paths(name: str, env: dict[str, Any], out_dir: Path | None = None) -> tuple[Path, Path]:
+    out_dir = Path(out_dir or RESULTS_DIR)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    stem = f"{name}_{env['date'][:10]}_{env['host_kind']}"
+    return out_dir / f"{stem}.json", out_dir / f"{stem}.md"
+
+
+def write_results(name: str, env: dict[str, Any], records: list[dict[str, Any]], columns: list[str],
+                  notes: list[str] = (), out_dir: Path | None = None) -> tuple[Path, Path]:
+    """Write the JSON (environment + every record) and a markdown table of ``columns``."""
+    json_path, md_path = result_paths(name, env, out_dir)
+    json_path.write_text(json.dumps({"environment": env, "results": records, "notes": list(notes)}, indent=2) + "\n")
+    lines = [f"# {name} — {env['date'][:10]} — {env.get('gpu') or env['cpu']} ({env['host_kind']})", "",
+             f"torch {env['torch']}, {env['cpu_cores']} CPU cores, device {env['device']}; "
+             f"open_clip {env.get('open_clip')}, transformers {env.get('transformers')}", "",
+             f"Command: `{env['command']}`", "", markdown_table(records, columns), ""]
+    lines += [f"- {n}" for n in notes]
+    md_path.write_text("\n".join(lines) + "\n")
+    return json_path, md_path
+
+
+def markdown_table(records: list[dict[str, Any]], columns: list[str]) -> str:
+    rows = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
+    for rec in records:
+        rows.append("| " + " | ".join(_fmt(rec.get(c)) for c in columns) + " |")
+    return "\n".join(rows)
+
+
+def _fmt(value: Any) -> str:
+    if value is None:
+        return ""
+    if isinstance(value, float):
+        if value != value:  # NaN
+            return "nan"
+        return f"{value:,.0f}" if abs(value) >= 100 else f"{value:.3g}"
+    return str(value)
