@@ -83,7 +83,8 @@ def make_world(root: Path, per_class: int = 20, train_images: int = 60) -> Path:
     for i in range(16):
         colour, shape = CLASSES[i % len(CLASSES)]
         draw(shape, colour, rng).save(retrieval / f"{i:03d}.png")
-        captions[f"{i:03d}.png"] = [f"a {colour} {shape}.", f"a picture of a {colour} {shape}."][: 1 + i % 2]
+        # Distinct captions: equal texts would tie exactly, and tie order is not part of the metric.
+        captions[f"{i:03d}.png"] = [f"a {colour} {shape}, number {i}.", f"picture {i}: a {colour} {shape}."][: 1 + i % 2]
     (retrieval / "captions.json").write_text(json.dumps(captions))
     rng = np.random.default_rng(5)
     write_shards(root / "train", [draw(s, c, rng) for c, s in (CLASSES * train_images)[:train_images]])
@@ -103,6 +104,26 @@ def tiny_clip():
     from clipforge.transforms import eval_transform
 
     return model, eval_transform(model.image_size), tokenizer
+
+
+def aligned_clip():
+    """``tiny_clip`` with its image projection fitted (ridge least squares, closed form) so that
+    images of each class in ``CLASSES`` map onto that class's prompt embedding: still a real CLIP
+    model, but one whose zero-shot predictions vary with the image (a random one predicts one class)."""
+    from clipforge.eval.overlap import ImageBytes
+    from clipforge.zeroshot import build_classifier, load_templates
+
+    model, preprocess, tokenizer = tiny_clip()
+    rng = np.random.default_rng(10)
+    labels = np.repeat(np.arange(len(CLASSES)), 16)
+    images = [draw(CLASSES[c][1], CLASSES[c][0], rng) for c in labels]
+    x = encode_images(model, preprocess, ImageBytes(images, preprocess), progress=False).pre_projection.double()
+    head = build_classifier(model, tokenizer, [f"{c} {s}" for c, s in CLASSES], load_templates("general"))
+    target = head[torch.as_tensor(labels)].double()  # [N, D]
+    proj = torch.linalg.solve(x.t() @ x + 1e-3 * torch.eye(x.shape[1], dtype=torch.float64), x.t() @ target)
+    with torch.no_grad():
+        model.visual.proj.copy_(proj.float())
+    return model, preprocess, tokenizer
 
 
 # ---- tests ------------------------------------------------------------------------------------

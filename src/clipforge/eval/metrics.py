@@ -37,8 +37,8 @@ def topk_accuracy(logits: torch.Tensor, targets, ks: Sequence[int] = (1, 5)) -> 
         return result
     top = logits.topk(max(valid), dim=1, largest=True, sorted=True).indices  # [N, kmax]
     hit = top == targets[:, None]  # [N, kmax]
-    for k in valid:
-        result[k] = hit[:, :k].any(dim=1).float().mean().item()
+    for k in valid:  # a count over n in float64, as CLIP_benchmark divides
+        result[k] = int(hit[:, :k].any(dim=1).sum().item()) / len(targets)
     return result
 
 
@@ -47,7 +47,7 @@ def accuracy(predictions, targets) -> float:
     predictions, targets = _as_long(predictions), _as_long(targets)
     if predictions.shape != targets.shape:
         raise ValueError(f"predictions {tuple(predictions.shape)} and targets {tuple(targets.shape)} differ")
-    return float((predictions == targets).float().mean().item()) if len(targets) else float("nan")
+    return int((predictions == targets).sum().item()) / len(targets) if len(targets) else float("nan")
 
 
 def per_class_recall(predictions, targets, num_classes: int) -> np.ndarray:
@@ -108,8 +108,8 @@ def retrieval_recalls(
     positives = positives_from_index(text_to_image, image_features.shape[0])
     out = {}
     for k in ks:
-        out[f"text_to_image_R@{k}"] = recall_at_k(scores, positives, k).float().mean().item()
-        out[f"image_to_text_R@{k}"] = recall_at_k(scores.t(), positives.t(), k).float().mean().item()
+        out[f"text_to_image_R@{k}"] = recall_at_k(scores, positives, k).double().mean().item()
+        out[f"image_to_text_R@{k}"] = recall_at_k(scores.t(), positives.t(), k).double().mean().item()
     return out
 
 

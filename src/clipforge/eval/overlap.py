@@ -35,7 +35,7 @@ from clipforge.eval.metrics import threshold_at_recall
 @dataclass(frozen=True)
 class OverlapConfig:
     train_source: str | None = None  # shards/folder/CSV spec; None: the data root's train/ folder
-    max_train_images: int = 4000
+    max_train_images: int = 2000
     calibration_images: int = 200
     target_recall: float = 0.95
     seed: int = 0

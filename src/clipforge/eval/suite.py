@@ -37,6 +37,9 @@ class EvalConfig:
     num_workers: int = 0
     templates: str | None = None  # set name or file; None: the manifest's per task, else openai_imagenet
     tasks: tuple[str, ...] | None = None  # classification tasks to use (None: all found)
+    # Few-shot curves cost ~16 probe fits per (k, seed): by default only the in-distribution tasks
+    # that have shifted versions (robustness needs their probes anyway), else every base task.
+    few_shot_tasks: tuple[str, ...] | None = None
     cache_dir: str | None = None  # zero-shot head cache; None: no cache
     progress: bool = True
     plots: bool = True
@@ -149,6 +152,11 @@ class Suite:
                 pool, test = stratified_split(y_eval, p.test_fraction, p.seed)
                 x_pool, y_pool = x_eval[pool], y_eval[pool]
             train, val = stratified_split(y_pool, p.val_fraction, p.seed + 1)
+            if len(val) == 0 or len(test) == 0:
+                raise ValueError(
+                    f"task {name}: too few images for a linear probe (each class needs at least 2 for "
+                    "training + validation and 1 for testing)"
+                )
             task.split = {
                 "train": (x_pool[train], y_pool[train]), "val": (x_pool[val], y_pool[val]),
                 "test": (x_eval[test], y_eval[test]), "test_index": test,
@@ -202,9 +210,20 @@ def _linear_probe(suite: Suite) -> dict:
     return out
 
 
+def few_shot_tasks(suite: Suite) -> list[str]:
+    base = _probe_tasks(suite)
+    if suite.config.few_shot_tasks is not None:
+        unknown = sorted(set(suite.config.few_shot_tasks) - set(base))
+        if unknown:
+            raise ValueError(f"few-shot tasks {unknown} are not in-distribution tasks of this run: {base}")
+        return [n for n in base if n in suite.config.few_shot_tasks]
+    shifted = [n for n in base if n in suite.layout.shift_groups()]
+    return shifted or base
+
+
 def _few_shot(suite: Suite) -> dict:
     out = {}
-    for name in _probe_tasks(suite):
+    for name in few_shot_tasks(suite):
         curve = suite.probes(name)["few_shot"]
         out[name] = {k: v for k, v in curve.items() if k != "models"}
     return out
