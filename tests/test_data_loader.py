@@ -186,3 +186,17 @@ def test_large_jpegs_decode_in_draft_mode_at_the_transform_size(tmp_path):
 
     assert len(keys_of(make_loader(str(tmp_path / "00000.tar"), 0, transform=Recording()))) == 4
     assert seen_sizes == [(64, 48)] * 4  # libjpeg's 1/4 scale: the shorter side stays >= 32
+
+
+def test_epochs_restart_but_a_restored_finished_epoch_stays_finished(tmp_path):
+    make_shards(tmp_path, [5, 6])
+    loader = make_loader(str(tmp_path / "{00000..00001}.tar"), 0)
+    first = keys_of(loader)
+    assert keys_of(loader) == first  # iterating a finished epoch again replays it
+    state = loader.state_dict()
+    restored = make_loader(str(tmp_path / "{00000..00001}.tar"), 0)
+    restored.load_state_dict(state)
+    restored.set_epoch(0)
+    assert keys_of(restored) == []  # resuming at the end of epoch 0 does not replay it
+    restored.set_epoch(1)
+    assert len(keys_of(restored)) == len(first)

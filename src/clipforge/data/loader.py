@@ -238,6 +238,7 @@ class ShardLoader:
         """Position at the start of ``epoch``: batches delivered, raw items consumed per worker."""
         self.epoch, self._batches, self._consumed = epoch, 0, [0] * self.workers
         self.report = DataReport()
+        self._restored = False
 
     # -- epochs and sizes -------------------------------------------------------------------
 
@@ -266,10 +267,15 @@ class ShardLoader:
     # -- iteration ------------------------------------------------------------------------
 
     def __iter__(self) -> Iterator[Batch]:
-        """Batches from the current position to the end of the epoch (a finished epoch restarts)."""
+        """Batches from the current position to the end of the epoch.
+
+        An epoch that finished here restarts when iterated again; a position restored by
+        ``load_state_dict`` is kept exactly, even at the end of its epoch (then nothing is yielded).
+        """
         plan = self.plan()
-        if self._batches >= self.num_batches:
+        if self._batches >= self.num_batches and not self._restored:
             self._reset(self.epoch)
+        self._restored = False
         k, w = self._batches, self.workers
         self.dataset.start = _Start(plan, k % w, [k // w + (l < k % w) for l in range(w)], list(self._consumed))
         loader = DataLoader(self.dataset, batch_size=None, num_workers=self.config.workers,
@@ -327,6 +333,7 @@ class ShardLoader:
         self._reset(state["epoch"])
         self._batches, self._consumed = state["batches"], list(state["consumed"])
         self.report = DataReport.from_dict(state["report"])
+        self._restored = True
 
 
 def build_loader(config: DataConfig, transform: Transform, tokenizer: Tokenizer,

@@ -108,9 +108,12 @@ def sample_background(rng: np.random.Generator, shifted: bool = False) -> dict:
     """Training backgrounds are low-saturation plain or gradient; shifted ones are striped/checked."""
     if shifted:
         i, j = rng.choice(len(SHIFT_BACKGROUNDS), 2, replace=False)
+        a, b = np.asarray(SHIFT_BACKGROUNDS[i], float), np.asarray(SHIFT_BACKGROUNDS[j], float)
+        # Halve the contrast between the two hues: a hard shift, yet shapes stay visible.
+        a, b = a + (b - a) * 0.25, b + (a - b) * 0.25
         kind = ("stripes", "checker")[int(rng.integers(2))]
-        return {"kind": kind, "tone": "patterned", "colours": [list(SHIFT_BACKGROUNDS[i]), list(SHIFT_BACKGROUNDS[j])],
-                "period": int(rng.integers(6, 14))}
+        return {"kind": kind, "tone": "patterned", "colours": [a.astype(int).tolist(), b.astype(int).tolist()],
+                "period": int(rng.integers(10, 20))}
     tone = ("light", "dark")[int(rng.integers(2))]
     base = rng.uniform(165, 235) if tone == "light" else rng.uniform(25, 85)
     levels = base + rng.uniform(-20, 20, (2, 1)) + rng.uniform(-12, 12, (2, 3))  # 2 colours, tinted

@@ -27,7 +27,7 @@ class WorldConfig:
     image_format: str = "jpg"  # train/val shards: "jpg" (fast to decode) or "png" (lossless)
     object_weights: tuple[float, float, float] = (0.6, 0.25, 0.15)  # P(1, 2, 3 objects)
     max_noise: float = 8.0  # training noise std (0-255 scale) is uniform in [0, max_noise]
-    shift_noise: float = 60.0  # noise std of the *_shift_noise sets
+    shift_noise: float = 35.0  # noise std of the *_shift_noise sets (4x the training maximum)
     heldout_k: int = 4  # k colours x k shapes -> 2k held-out pairs
 
 
