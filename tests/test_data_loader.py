@@ -46,10 +46,11 @@ def test_bad_samples_are_skipped_counted_and_listed(tmp_path, workers):
     assert len(delivered) - len(set(delivered)) == report["padded"]
 
 
-def test_error_budget_stops_the_run_and_names_the_worst_shard(tmp_path):
+@pytest.mark.parametrize("workers", [0, 2])
+def test_error_budget_stops_the_run_and_names_the_worst_shard(tmp_path, workers):
     make_shards(tmp_path, [10, 10, 10], with_counts=False)
     bad_shard(tmp_path / "00003.tar")
-    loader = make_loader(str(tmp_path / "{00000..00003}.tar"), 0, report=str(tmp_path / "r.json"))
+    loader = make_loader(str(tmp_path / "{00000..00003}.tar"), workers, report=str(tmp_path / "r.json"))
     with pytest.raises(ErrorBudgetExceeded, match="worst shard: 00003.tar"):
         list(loader)
     assert json.loads((tmp_path / "r.json").read_text())["skipped"] >= 1
@@ -119,15 +120,16 @@ def test_csv_and_folder_sources_load(tmp_path):
 # -- exact resume in a fresh process -------------------------------------------------------------
 
 
-def _loader_for_resume(spec: str, workers: int):
+def _loader_for_resume(spec: str, workers: int, resampled: bool):
     from clipforge.transforms import train_transform  # the real training transform (random crops)
 
     return make_loader(spec, workers, transform=train_transform(16, scale=(0.5, 1.0)), batch_size=3,
-                       seed=11, shuffle_buffer=6)
+                       seed=11, shuffle_buffer=6, resampled=resampled, epoch_size=30 if resampled else None)
 
 
-def _run(spec: str, workers: int, epoch: int, stop_after: int | None = None, state: dict | None = None):
-    loader = _loader_for_resume(spec, workers)
+def _run(spec: str, workers: int, resampled: bool, epoch: int, stop_after: int | None = None,
+         state: dict | None = None):
+    loader = _loader_for_resume(spec, workers, resampled)
     if state is not None:
         loader.load_state_dict(state)
     else:
@@ -140,21 +142,27 @@ def _run(spec: str, workers: int, epoch: int, stop_after: int | None = None, sta
     return out, loader.state_dict()
 
 
-def _resume_child(spec: str, workers: int, state_file: str, out_file: str) -> None:
+def _resume_child(spec: str, workers: int, resampled: bool, state_file: str, out_file: str) -> None:
     """Runs in a new process: restore the saved position, produce the rest of the epoch."""
     state = json.loads(Path(state_file).read_text())
-    torch.save(_run(spec, workers, -1, state=state)[0], out_file)
+    torch.save(_run(spec, workers, resampled, -1, state=state)[0], out_file)
 
 
-@pytest.mark.parametrize("workers", [0, 2])
-def test_resume_mid_epoch_in_a_new_process_is_bitwise_exact(tmp_path, workers):
-    make_shards(tmp_path, [9, 6, 11, 4, 7])
-    spec = str(tmp_path / "{00000..00004}.tar")
-    full, _ = _run(spec, workers, epoch=1)
+@pytest.mark.parametrize("sizes, workers, resampled", [
+    ([9, 6, 11, 4, 7], 0, False),
+    ([9, 6, 11, 4, 7], 2, False),
+    ([20, 4], 2, False),  # worker 1 is deep in padding when the run stops
+    ([9, 6, 11, 4, 7], 2, True),
+])
+def test_resume_mid_epoch_in_a_new_process_is_bitwise_exact(tmp_path, sizes, workers, resampled):
+    make_shards(tmp_path, sizes)
+    spec = str(tmp_path / f"{{00000..{len(sizes) - 1:05d}}}.tar")
+    full, _ = _run(spec, workers, resampled, epoch=1)
     stop = 5  # not a multiple of the worker count: the cycle must restart at worker 1
-    head, state = _run(spec, workers, epoch=1, stop_after=stop)
+    head, state = _run(spec, workers, resampled, epoch=1, stop_after=stop)
     (tmp_path / "state.json").write_text(json.dumps(state))  # plain data, fits any checkpoint
-    proc = fresh_processes().Process(target=_resume_child, args=(spec, workers, str(tmp_path / "state.json"), str(tmp_path / "rest.pt")))
+    args = (spec, workers, resampled, str(tmp_path / "state.json"), str(tmp_path / "rest.pt"))
+    proc = fresh_processes().Process(target=_resume_child, args=args)
     proc.start()
     proc.join(120)
     assert proc.exitcode == 0

@@ -116,3 +116,17 @@ def test_convert_csv_and_folder_cli(tmp_path, capsys):
     assert json.loads((tmp_path / "f" / "sizes.json").read_text()) == {"00000.tar": 6}
     assert cli_main(["data", "check", str(tmp_path / "f" / "00000.tar"), "--report", str(tmp_path / "r.json")]) == 0
     assert "6 samples: 6 good, 0 bad" in capsys.readouterr().out
+
+
+def test_check_cli_lists_bad_samples_and_writes_sizes(tmp_path, capsys):
+    from test_data_common import bad_shard
+
+    bad = bad_shard(tmp_path / "00000.tar")
+    write_tar(tmp_path / "00001.tar", good_members("good1", 9) + good_members("other", 10))  # good1 again
+    spec = str(tmp_path / "{00000..00001}.tar")
+    assert cli_main(["data", "check", spec, "--report", str(tmp_path / "r.json"), "--write-sizes"]) == 1
+    report = json.loads((tmp_path / "r.json").read_text())
+    listed = {(s["shard"], s["key"]): s["reason"] for s in report["samples"]}
+    assert listed == {**{("00000.tar", k): r for k, r in bad.items()}, ("00001.tar", "good1"): "duplicate_key"}
+    assert json.loads((tmp_path / "sizes.json").read_text()) == {"00000.tar": 14, "00001.tar": 2}
+    assert "broken shards" in capsys.readouterr().out

@@ -44,7 +44,7 @@ import torch
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
 from clipforge.data.decode import CAPTION_EXTS, IMAGE_EXTS, BadSample, DecodeConfig, decode_caption, decode_image, pick
-from clipforge.data.report import DataReport
+from clipforge.data.report import DataReport, ErrorBudgetExceeded
 from clipforge.data.sharding import EpochPlan, plan_epoch, slot_events
 from clipforge.data.sources import RawSample, ShardFailure, ShardRef, list_shards, load_bytes
 
@@ -93,12 +93,14 @@ class Batch:
     worker: int = 0
     consumed: int = 0
     report: DataReport = field(default_factory=DataReport)
+    error: str | None = None  # set (tensors None) when a worker stops on the error budget
 
     def __iter__(self) -> Iterator[torch.Tensor]:
         return iter((self.images, self.tokens))
 
     def pin_memory(self) -> Batch:
-        self.images, self.tokens = self.images.pin_memory(), self.tokens.pin_memory()
+        if self.images is not None:
+            self.images, self.tokens = self.images.pin_memory(), self.tokens.pin_memory()
         return self
 
 
@@ -132,6 +134,40 @@ class _Start:
     consumed: list[int]
 
 
+class _Cursor:
+    """A logical worker's position in its event stream, and its guards against endless bad data."""
+
+    def __init__(self, events: Iterator, consumed: int) -> None:
+        self.events, self.consumed = events, consumed
+        for _ in range(consumed):  # resume: skip without decoding anything
+            next(events)
+        self.misses = 0  # consecutive items that gave no sample
+        self.total = DataReport()  # delivered batches' reports since this worker started
+
+    def next(self) -> tuple[RawSample | ShardFailure, int]:
+        self.consumed += 1
+        return next(self.events)
+
+    def miss(self, pending: DataReport, budget: float, expected: int, patience: int, last_error: str) -> str | None:
+        """Count a failed item; an error message when this worker must stop.
+
+        The budget check is sound: errors this worker alone has met already exceed the budget of
+        its rank's whole epoch. It runs per item so that a run of bad data cannot stall a batch.
+        """
+        self.misses += 1
+        if self.total.errors + pending.errors > budget * expected:
+            seen = DataReport()
+            seen.merge(self.total)
+            seen.merge(pending)
+            try:
+                seen.check_budget(budget, expected)
+            except ErrorBudgetExceeded as exc:
+                return str(exc)
+        if self.misses > patience:  # e.g. resampling data that is all bad, with no error budget
+            raise RuntimeError(f"{self.misses} items in a row gave no sample; last error: {last_error}")
+        return None
+
+
 class _SlotDataset(IterableDataset):
     """Worker side: one logical worker's batches for the configured epoch."""
 
@@ -155,35 +191,30 @@ class _SlotDataset(IterableDataset):
 
     def _batches(self, logical: int) -> Iterator[Batch]:
         start, cfg = self.start, self.config
-        plan = start.plan
-        events = slot_events(self.shards, plan, self.rank * self.workers + logical, cfg.seed,
-                             cfg.shuffle_buffer)
-        consumed = start.consumed[logical]
-        for _ in range(consumed):  # resume: skip without decoding anything
-            next(events)
-        delta, images, captions, keys = DataReport(), [], [], []
-        last_pass, valid_in_pass = 0, 0
-        for done in range(start.done[logical], plan.batches_per_slot):
+        slot = self.rank * self.workers + logical
+        cursor = _Cursor(slot_events(self.shards, start.plan, slot, cfg.seed, cfg.shuffle_buffer),
+                         start.consumed[logical])
+        expected = start.plan.expected_for_rank(self.rank, self.workers)
+        patience = max(10_000, 2 * sum(s.count or 0 for s in self.shards))
+        for _ in range(start.done[logical], start.plan.batches_per_slot):
+            delta, images, captions, keys = DataReport(), [], [], []
             while len(images) < cfg.batch_size:
-                item, pass_index = next(events)
-                consumed += 1
-                if pass_index != last_pass:
-                    if pass_index > 1 and valid_in_pass == 0:  # a whole pass over all shards failed
-                        raise RuntimeError(f"no sample of the data can be loaded; last error: {self.last_error}")
-                    last_pass, valid_in_pass = pass_index, 0
+                item, pass_index = cursor.next()
                 sample = self._process(item, pass_index, delta if pass_index == 0 else None)
                 if sample is None:
+                    error = cursor.miss(delta, cfg.error_budget, expected, patience, self.last_error)
+                    if error:  # stop now: the main process raises it after merging this report
+                        yield Batch(None, None, [], logical, cursor.consumed, delta, error)
+                        return
                     continue
-                valid_in_pass += 1
+                cursor.misses = 0
                 images.append(sample[0])
                 captions.append(sample[1])
                 keys.append(f"{item.shard}/{item.key}")
-                if pass_index == 0:
-                    delta.seen += 1
-                else:
-                    delta.padded += 1
-            yield Batch(torch.stack(images), self.tokenizer(captions), keys, logical, consumed, delta)
-            delta, images, captions, keys = DataReport(), [], [], []
+                delta.seen += pass_index == 0
+                delta.padded += pass_index != 0
+            cursor.total.merge(delta)
+            yield Batch(torch.stack(images), self.tokenizer(captions), keys, logical, cursor.consumed, delta)
 
     def _process(self, item: RawSample | ShardFailure, pass_index: int,
                  report: DataReport | None) -> tuple[torch.Tensor, str] | None:
@@ -282,23 +313,20 @@ class ShardLoader:
                             pin_memory=torch.cuda.is_available(), persistent_workers=False,
                             multiprocessing_context=_worker_context() if self.config.workers else None)
         expected = plan.expected_for_rank(self.rank, w)
-        for batch in loader:
-            if batch.worker != self._batches % w:  # the round-robin contract; never expected to fail
-                raise RuntimeError(f"batch from worker {batch.worker}, expected {self._batches % w}")
-            self._batches += 1
-            self._consumed[batch.worker] = batch.consumed
-            self.report.merge(batch.report)
-            self._check_budget(expected)
-            yield batch
-        self._check_budget(None)
-        self._write_report()
-
-    def _check_budget(self, expected: int | None) -> None:
         try:
-            self.report.check_budget(self.config.error_budget, expected)
-        except Exception:
-            self._write_report()
-            raise
+            for batch in loader:
+                if batch.worker != self._batches % w:  # the round-robin contract; never expected to fail
+                    raise RuntimeError(f"batch from worker {batch.worker}, expected {self._batches % w}")
+                self.report.merge(batch.report)
+                if batch.error:
+                    raise ErrorBudgetExceeded(batch.error)
+                self._batches += 1
+                self._consumed[batch.worker] = batch.consumed
+                self.report.check_budget(self.config.error_budget, expected)
+                yield batch
+            self.report.check_budget(self.config.error_budget, None)
+        finally:
+            self._write_report()  # also when stopped by the budget, a worker error or the caller
 
     def report_path(self) -> Path | None:
         if not self.config.report:
