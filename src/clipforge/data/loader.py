@@ -25,6 +25,14 @@ the consumed count per logical worker; on restore, physical worker p serves logi
 decoding them (reading bytes only), then continues: the batches are bitwise equal to the
 uninterrupted run's.
 
+Bad data. A sample that cannot be used (see :data:`clipforge.data.decode.REASONS`) is skipped
+and reported by key; a shard that breaks off is a shard error, the samples before the break are
+kept and the count file's remainder is ``lost`` (:mod:`clipforge.data.report`). When skipped +
+lost exceed ``error_budget`` of the samples the epoch reads (a worker checks this per item against
+its rank's whole epoch, so the check never fires early), iteration raises
+:class:`~clipforge.data.report.ErrorBudgetExceeded` naming the worst shard. The JSON report is
+written at the end of every epoch and on any stop (``report`` path; one file per rank).
+
 Transforms: ``transform(image)`` (eval) or ``transform(image, rng)`` (train; ``rng`` a
 ``numpy.random.Generator``), told apart by a parameter named ``rng`` (or ``generator``). The tokenizer is any callable
 ``tokenizer(list[str]) -> LongTensor [N, L]``; captions are tokenized per batch, in the worker.
@@ -34,6 +42,7 @@ from __future__ import annotations
 
 import inspect
 import multiprocessing as mp
+import warnings
 import zlib
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -261,6 +270,10 @@ class ShardLoader:
         self.config, self.rank, self.world_size = config, rank, world_size
         self.workers = max(1, config.workers)  # logical workers per rank
         self.shards = list_shards(config.shards, config.source, csv_columns=config.csv_columns)
+        slots = world_size * self.workers
+        if len(self.shards) < slots and not config.resampled:
+            warnings.warn(f"{len(self.shards)} shards for {slots} ranks x workers: {slots - len(self.shards)} "
+                          "of them deliver only padding; write more, smaller shards", stacklevel=3)
         self.dataset = _SlotDataset(self.shards, config, transform, tokenizer, rank, self.workers)
         self._plans: dict[int, EpochPlan] = {}
         self._reset(0)

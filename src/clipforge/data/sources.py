@@ -9,7 +9,8 @@ ranks and workers:
   ``file://``, ``pipe:<shell command writing the tar to stdout>``, or any fsspec URL
   (``s3://``, ``gs://``, ``http://``, ``memory://``, ... where the fsspec backend is installed).
 - ``csv``: a ``.csv``/``.tsv`` file with an image-path column and a caption column (relative paths
-  are relative to the CSV's folder); rows are cut into virtual shards of ``rows_per_shard``.
+  are relative to the CSV's folder); rows are cut into virtual shards of ``rows_per_shard`` (100: small
+  units, so that ranks x workers share even a small CSV evenly).
 - ``folder``: images with sidecar captions (``a/b.jpg`` + ``a/b.txt``), sorted, cut the same way.
 
 Sample counts per shard (needed to give every rank the same number of batches) come from
@@ -111,7 +112,7 @@ def detect_source(urls: list[str]) -> str:
 def list_shards(
     spec: str | list[str],
     source: str = "auto",
-    rows_per_shard: int = 1000,
+    rows_per_shard: int = 100,
     csv_columns: tuple[str, str] | None = None,
 ) -> list[ShardRef]:
     """Resolve a spec into shards with sample counts where they can be known cheaply."""
@@ -305,15 +306,16 @@ def _iter_tar(ref: ShardRef) -> Iterator[RawSample | ShardFailure]:
             key, ext = split_key(info.name)
             try:
                 data = tar.extractfile(info).read()
-            except (tarfile.TarError, OSError, EOFError, zlib.error) as exc:
+            except (tarfile.TarError, OSError, EOFError, zlib.error):
                 # The member that was cut: its sample is incomplete and counts as skipped.
-                if current is None or current.key != key:
+                if key is not None and (current is None or current.key != key):
                     if current is not None:
                         n_read += 1
                         yield current
                     current = RawSample(key, ref.name)
-                current.flaw = "truncated_shard"
-                raise exc
+                if current is not None:
+                    current.flaw = "truncated_shard"
+                raise
             tar.members = []  # streaming: don't keep every header in memory
             if key is None:
                 continue
