@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import argparse
 import importlib.util
+import os
 import statistics
 import sys
 import tempfile
@@ -177,12 +178,15 @@ def main() -> None:
     impls.update({k: v for k, v in peers.items() if v is not None})
     corpora = {"captions": lambda: synthetic_captions(args.n, seed=0), "mixed": lambda: mixed_unicode_texts(args.n, seed=0)}
     records = []
+    load_before = os.getloadavg()[0]
     for name in args.workloads:
         records += bench_workload(name, corpora[name](), impls, args.rounds)
     env = common.environment("cpu")
     columns = ["workload", "implementation", "captions_per_s", "speedup_vs_reference", "rows_equal_to_reference"]
     notes = ["single process; torch threads 1; HF tokenizers may use its own Rust thread pool",
-             "ours (cold caches): a fresh Tokenizer (empty word/chunk caches) every round"]
+             "ours (cold caches): empty word/chunk caches at every call",
+             f"1-minute load average {load_before:.1f} before, {os.getloadavg()[0]:.1f} after, on "
+             f"{os.cpu_count()} cores (other processes share the machine: compare rows, not runs)"]
     json_path, md_path = common.write_results("tokenizer", env, records, columns, notes)
     print(common.markdown_table(records, columns))
     print(f"wrote {json_path} and {md_path}")
