@@ -187,6 +187,8 @@ def main() -> None:
              "ours (cold caches): empty word/chunk caches at every call",
              f"1-minute load average {load_before:.1f} before, {os.getloadavg()[0]:.1f} after, on "
              f"{os.cpu_count()} cores (other processes share the machine: compare rows, not runs)"]
+    if args.open_clip_file:
+        notes.append(f"open_clip's tokenizer imported from {args.open_clip_file}")
     json_path, md_path = common.write_results("tokenizer", env, records, columns, notes)
     print(common.markdown_table(records, columns))
     print(f"wrote {json_path} and {md_path}")

@@ -135,7 +135,10 @@ def test_encode_max_tokens_is_a_prefix(tok: Tokenizer) -> None:
             assert tok.encode(text, max_tokens=k) == full[:k]
 
 
-def test_batch_mixing_fast_and_slow_paths_matches_single_calls(tok: Tokenizer) -> None:
+def test_batch_mixing_fast_and_slow_paths_matches_single_calls(
+    tok: Tokenizer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(tokmod.core, "_SLAB", 7)  # several slabs of plain texts
     texts = synthetic_captions(20) + mixed_unicode_texts(20, seed=9) + ["x" * 5000, "café " * 1000, ""]
     batch = tok(texts)
     for i, text in enumerate(texts):

@@ -31,6 +31,7 @@ _PLAIN_MAX_CHARS = 4096  # longer texts take the per-text path, which stops once
 # Bounded-time encoding of huge non-plain texts: ftfy (up to ~1 s per MB) sees the first 65,536
 # raw characters, widened x4 up to 262,144 only while that holds too few tokens.
 _RAW_CAP, _RAW_CAP_MAX = 1 << 16, 1 << 18
+_SLAB = 1 << 14  # plain texts processed together
 _CACHE_MAX_ENTRIES = 1 << 19
 _CACHE_MAX_KEY_CHARS = 64
 
@@ -222,8 +223,8 @@ class Tokenizer:
         out = np.zeros((len(texts), ctx), dtype=np.int64)
         lengths = np.zeros(len(texts), dtype=np.int64)  # ids per text (the per-text path stops at ctx - 1)
         plain, other = self._split_plain(texts)
-        if plain:
-            self._fill_plain(texts, plain, out, lengths)
+        for start in range(0, len(plain), _SLAB):  # slabs bound the memory of the chunk lists
+            self._fill_plain(texts, plain[start : start + _SLAB], out, lengths)
         for i in other:  # ftfy path, or long texts: only ctx - 1 ids are needed to fill and to detect overflow
             ids = self._encode_prefix(texts[i], ctx - 1)
             out[i, 1 : 1 + min(len(ids), ctx - 2)] = ids[: ctx - 2]
