@@ -13,8 +13,9 @@ from pathlib import Path
 import pytest
 
 from clipforge.cli import main as cli_main
-from clipforge.tokenizer import Tokenizer, train_bpe
+from clipforge.tokenizer import SPECIAL_TOKENS, Tokenizer, train_bpe
 from clipforge.tokenizer.bpe import END_OF_WORD, byte_symbols, bytes_to_unicode
+from clipforge.tokenizer.cleaning import clean_text, compile_pattern
 from clipforge.tokenizer.samples import mixed_unicode_texts, synthetic_captions
 from clipforge.tokenizer.train import _merge_pair, count_words, learn_merges
 
@@ -107,3 +108,13 @@ def test_cli_train_then_encode(tmp_path: Path, capsys: pytest.CaptureFixture[str
     assert capsys.readouterr().out.split() == [str(i) for i in tok.encode("a red dog")]
     assert cli_main(["tokenizer", "encode", "--vocab", str(out), "--context-length", "6", "a red dog"]) == 0
     assert capsys.readouterr().out.split() == [str(i) for i in tok.tokenize_numpy("a red dog", 6)[0]]
+
+
+def test_trained_vocabulary_round_trips_any_text() -> None:
+    texts = mixed_unicode_texts(400, seed=7) + synthetic_captions(400)
+    tok = train_bpe(texts, 1500, min_frequency=1)
+    pattern = compile_pattern(SPECIAL_TOKENS)
+    for text in texts:
+        words = [w for w in pattern.findall(clean_text(text)) if w not in SPECIAL_TOKENS]
+        ids = [i for i in tok.encode(text) if i < tok.sot_token_id]
+        assert tok.decode(ids) == " ".join(words), repr(text)
