@@ -14,11 +14,13 @@ from scipy.stats import binomtest
 from clipforge.eval.datasets import encode_images
 from clipforge.eval.overlap import (
     ImageBytes,
+    OverlapConfig,
     calibrate,
     calibration_scores,
     make_duplicate,
     max_similarity,
     overlap_table,
+    run_overlap,
     sample_training_images,
 )
 from test_eval_data import CLASSES, draw, write_shards
@@ -109,6 +111,26 @@ def test_detector_flags_copies_of_training_images():
     flagged = (scores.numpy() >= calibration["threshold"])
     assert flagged[:20].all()
     assert not flagged[20:].any()
+
+
+def test_run_overlap_thumbnail_detector_finds_copies_only():
+    train = _textures(80, seed=6)
+    items = [(str(i), _png(image)) for i, image in enumerate(train)]
+    copies, fresh = [_jpeg(image) for image in train[:10]], _textures(10, seed=7)
+
+    def encode(dataset, desc):
+        return encode_images(PooledPixels(), _preprocess, dataset, batch_size=32, progress=False)
+
+    features = encode(ImageBytes([_png(i) for i in copies + fresh], _preprocess), "eval")
+    correct = np.array([True] * 5 + [False] * 5 + [True] * 10)
+    result = run_overlap(encode, items, {"set": (features, correct)},
+                         OverlapConfig(calibration_images=40, detectors=("thumbnail",)), _preprocess)
+    detector = result["detectors"]["thumbnail"]
+    assert detector["reliable"] and result["pool"]["images"] == 80
+    table = detector["tasks"]["set"]
+    assert table["n_overlap"] == 10 and table["accuracy_overlap"] == 0.5 and table["accuracy_clean"] == 1.0
+    with pytest.raises(ValueError, match="unknown overlap detector"):
+        run_overlap(encode, items, {}, OverlapConfig(detectors=("nope",)), _preprocess)
 
 
 def test_overlap_table_hand_values():

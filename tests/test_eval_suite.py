@@ -13,7 +13,7 @@ import torch.nn.functional as F
 from PIL import Image
 from sklearn.metrics import balanced_accuracy_score
 
-from clipforge.eval import EvalConfig, FewShotConfig, OverlapConfig, discover, run_suite
+from clipforge.eval import EvalConfig, FewShotConfig, OverlapConfig, discover, run_suite, zero_shot_accuracy
 from clipforge.eval.datasets import load_classification_set, load_retrieval_set
 from clipforge.eval.suite import choose_protocols
 from clipforge.zeroshot import load_templates
@@ -91,6 +91,24 @@ def test_zero_shot_equals_clip_benchmark_protocol(run, world, clip):
         assert (ours["acc5"] is None and math.isnan(acc5)) or ours["acc5"] == pytest.approx(acc5, abs=1e-12)
 
 
+def test_zero_shot_accuracy_entry_point(run, world, clip):
+    report, _, _ = run
+    model, preprocess, tokenizer = clip
+    by_dir = zero_shot_accuracy(model, tokenizer, world / "eval" / "shape", templates="general")
+    assert by_dir["acc1"] == report["zeroshot"]["shape"]["acc1"]
+    data = load_classification_set(world / "eval" / "shape")
+    images = torch.stack([preprocess(Image.open(p)) for p in data.paths])
+    by_images = zero_shot_accuracy(model, tokenizer, (images, data.labels), classnames=data.classnames, templates="general")
+    assert by_images["acc1"] == by_dir["acc1"] and by_images["n"] == len(data)
+    with torch.no_grad():
+        features = model.encode_image(images)
+    by_features = zero_shot_accuracy(model, tokenizer, (features, data.labels), classnames=data.classnames,
+                                     templates=["a photo of a {}."])
+    assert 0 <= by_features["acc1"] <= 1
+    with pytest.raises(ValueError, match="needs classnames"):
+        zero_shot_accuracy(model, tokenizer, (features, data.labels))
+
+
 def test_retrieval_equals_an_independent_computation(run, world, clip):
     report, _, _ = run
     model, preprocess, tokenizer = clip
@@ -120,9 +138,11 @@ def test_probes_robustness_and_overlap_sections(run):
     assert robust["shifted"] == ["colour_shape_dark"] and robust["baselines"] == 1 + 2
     assert robust["classifiers"]["zero-shot"]["in_distribution_accuracy"] == pytest.approx(few["zero_shot_accuracy"])
     overlap = report["overlap"]
-    assert overlap["pool"]["images"] == 40 and overlap["calibration"]["n_duplicates"] == 20
-    for table in overlap["tasks"].values():
-        assert 0 <= table["overlap_fraction"] <= 1 and table["n"] in (72, 36)
+    assert overlap["pool"]["images"] == 40 and set(overlap["detectors"]) == {"embedding", "thumbnail"}
+    for detector in overlap["detectors"].values():
+        assert detector["calibration"]["n_duplicates"] == 20 and detector["calibration"]["recall"] >= 0.95
+        for table in detector["tasks"].values():
+            assert 0 <= table["overlap_fraction"] <= 1 and table["n"] in (72, 36)
     protocol = report["protocols"]["linear_probe"]
     assert protocol["c_start"] == [1e-6, 1e-4, 1e-2, 1.0, 1e2, 1e4, 1e6] and protocol["steps_per_decade"] == 8
 

@@ -24,6 +24,7 @@ from typing import Any, Callable, Sequence
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 from PIL import Image
 from torch.utils.data import DataLoader, Dataset
 
@@ -185,10 +186,12 @@ def _group_rows(rows: list[tuple[str, str]], root: Path, name: str) -> Retrieval
 class ImageFeatures:
     """``embeddings`` [N, D]: ``encode_image`` outputs (float32, unnormalized). ``pre_projection``
     [N, W]: the ViT's class token after ``ln_post`` and before ``proj`` (the paper's linear-probe
-    features, Appendix A.3); for other towers the embeddings themselves."""
+    features, Appendix A.3); for other towers the embeddings themselves. ``thumbnails`` [N, 192]:
+    the preprocessed images average-pooled to 8×8 (a pixel-level descriptor for copy detection)."""
 
     embeddings: torch.Tensor
     pre_projection: torch.Tensor
+    thumbnails: torch.Tensor | None = None
 
 
 class _ImageFiles(Dataset):
@@ -226,14 +229,17 @@ def encode_images(
     captured: list[torch.Tensor] = []
     ln_post = getattr(getattr(model, "visual", None), "ln_post", None)
     hook = ln_post.register_forward_hook(lambda m, i, out: captured.append(out.float().cpu())) if ln_post else None
-    device, embeddings = model_device(model), []
+    device, embeddings, thumbnails = model_device(model), [], []
     try:
         with eval_mode(model):
             for batch in tqdm(loader, desc=f"encode {desc}", unit="batch", disable=not progress, leave=False):
                 embeddings.append(model.encode_image(batch.to(device)).float().cpu())
+                thumbnails.append(F.adaptive_avg_pool2d(batch.float(), 8).flatten(1))  # [B, 3*8*8]
     finally:
         if hook is not None:
             hook.remove()
-    embeddings = torch.cat(embeddings) if embeddings else torch.empty(0, 0)
+    if not embeddings:
+        raise ValueError(f"encode {desc}: no images")
+    embeddings = torch.cat(embeddings)
     pre = torch.cat(captured) if captured else embeddings
-    return ImageFeatures(embeddings, pre)
+    return ImageFeatures(embeddings, pre, torch.cat(thumbnails))

@@ -52,15 +52,21 @@ def few_shot_curve(
     config: FewShotConfig = FewShotConfig(),
     probe: ProbeConfig = ProbeConfig(),
     zero_shot_accuracy: float | None = None,
+    progress: bool = False,
+    desc: str = "few-shot",
 ) -> dict:
     """Accuracy against shots. Returns a JSON-ready dict plus "models": {(k, seed): estimator}."""
+    from tqdm import tqdm
+
     if not config.shots or config.seeds < 1:
         raise ValueError("few-shot needs at least one k in shots and seeds >= 1")
     points, models = [], {}
-    min_class = int(np.bincount(train_y).min(initial=0)) if len(train_y) else 0
+    min_class = int(np.bincount(train_y).min()) if len(train_y) else 0
+    bar = tqdm(total=len(config.shots) * config.seeds, desc=desc, unit="probe", disable=not progress, leave=False)
     for k in sorted(config.shots):
         accs, cs = [], []
         for seed in range(config.seeds):
+            bar.update()
             rng = np.random.default_rng([probe.seed, k, seed])
             idx = sample_per_class(train_y, k, rng)
             c, _ = search_c(train_x[idx], train_y[idx], val_x, val_y, probe)
@@ -78,6 +84,7 @@ def few_shot_curve(
                 "complete": bool(k <= min_class),  # every class had k examples
             }
         )
+    bar.close()
     result = {"points": points, "protocol": config.describe(), "models": models}
     if zero_shot_accuracy is not None:
         result["zero_shot_accuracy"] = float(zero_shot_accuracy)

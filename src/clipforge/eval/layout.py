@@ -141,5 +141,5 @@ def _classnames(spec: TaskSpec) -> tuple[str, ...]:
 
 
 def _train_source(root: Path) -> Path | None:
-    train = root / "train"
-    return train if train.is_dir() or train.with_suffix(".csv").is_file() else None
+    """``train/`` (shards or images) or ``train.csv``/``train.tsv`` beside the eval sets."""
+    return next((p for p in (root / "train", root / "train.csv", root / "train.tsv") if p.exists()), None)

@@ -6,7 +6,12 @@ one-sided binomial test of whether overlap accuracy exceeds clean accuracy. The 
 the evaluated model's own image embedding (the paper trained a separate one): an eval image's
 score is its maximum cosine similarity to a pool of training images.
 
-The threshold is calibrated on synthetic duplicates made from pool images (a random 80-95% crop
+A second, pixel-level detector (``thumbnail``: the preprocessed image average-pooled to 8×8,
+centred) runs beside it from the same pass: a semantic embedding also matches different images
+of the same content (on the synthetic world, most images have look-alikes in training), which the
+calibration's false-positive rate exposes; the thumbnail detector finds copies only.
+
+Each threshold is calibrated on synthetic duplicates made from pool images (a random 80-95% crop
 resized back, a shift of up to 3 pixels, slight colour jitter, a JPEG re-encode at quality 30-90):
 a duplicate's score against its original is a positive; its maximum score against every other
 pool image is a negative. The threshold is the largest value that flags ``target_recall`` of the
@@ -32,12 +37,21 @@ from torch.utils.data import Dataset
 from clipforge.eval.metrics import threshold_at_recall
 
 
+DETECTORS = {
+    "embedding": "max cosine similarity of the evaluated model's image embeddings to the training pool",
+    "thumbnail": "max cosine similarity of the preprocessed images average-pooled to 8x8 and centred "
+    "(pixel level: finds copies, not look-alikes)",
+}
+RELIABLE_FPR = 0.05  # above this false-positive rate on calibration, flagged counts are mostly look-alikes
+
+
 @dataclass(frozen=True)
 class OverlapConfig:
     train_source: str | None = None  # shards/folder/CSV spec; None: the data root's train/ folder
     max_train_images: int = 2000
     calibration_images: int = 200
     target_recall: float = 0.95
+    detectors: tuple[str, ...] = ("embedding", "thumbnail")
     seed: int = 0
 
     def describe(self) -> dict:
@@ -98,9 +112,8 @@ class ImageBytes(Dataset):
     def __getitem__(self, index: int) -> torch.Tensor:
         item = self.items[index]
         image = item if isinstance(item, Image.Image) else Image.open(io.BytesIO(item))
-        image = image.convert("RGB")
-        if self.augment is not None:
-            image = self.augment(image, np.random.default_rng([index, 7]))
+        if self.augment is not None:  # else the image goes to preprocess as read, like eval images
+            image = self.augment(image.convert("RGB"), np.random.default_rng([index, 7]))
         return self.preprocess(image)
 
 
@@ -193,3 +206,45 @@ def overlap_table(scores: np.ndarray, threshold: float, correct: np.ndarray) -> 
         "all_minus_clean": None if clean_acc is None else all_acc - clean_acc,
         "p_value": p_value,
     }
+
+
+# ---- the protocol -----------------------------------------------------------------------------
+
+
+def detector_features(features, detector: str) -> torch.Tensor:
+    """The descriptor a detector compares, from :class:`~clipforge.eval.datasets.ImageFeatures`."""
+    if detector == "embedding":
+        return features.embeddings
+    if detector == "thumbnail":
+        thumbs = features.thumbnails
+        return thumbs - thumbs.mean(dim=1, keepdim=True)  # centred: insensitive to a brightness shift
+    raise ValueError(f"unknown overlap detector {detector!r}; choose from {list(DETECTORS)}")
+
+
+def run_overlap(encode: Callable, items: list[tuple[str, bytes]], evaluations: dict, config: OverlapConfig,
+                preprocess: Callable) -> dict:
+    """Calibrate each detector on duplicates of pool images, then score every evaluation set.
+
+    ``encode(dataset, desc)`` → ImageFeatures; ``evaluations`` maps a set name to
+    (ImageFeatures, correct [N] bool) from the classifier being audited.
+    """
+    if len(items) < 2:
+        raise ValueError("overlap: the training pool needs at least two images")
+    pool = encode(ImageBytes([data for _, data in items], preprocess), "training pool")
+    rng = np.random.default_rng(config.seed)
+    originals = np.sort(rng.choice(len(items), size=min(config.calibration_images, len(items)), replace=False))
+    duplicates = encode(ImageBytes([items[i][1] for i in originals], preprocess, make_duplicate), "duplicates")
+    detectors = {}
+    for name in config.detectors:
+        reference = detector_features(pool, name)
+        calibration = calibrate(
+            *calibration_scores(reference, detector_features(duplicates, name), originals), config.target_recall
+        )
+        tasks = {}
+        for task, (features, correct) in evaluations.items():
+            scores, _ = max_similarity(detector_features(features, name), reference)
+            tasks[task] = overlap_table(scores.numpy(), calibration["threshold"], correct)
+        detectors[name] = {"description": DETECTORS[name], "calibration": calibration,
+                           "reliable": calibration["false_positive_rate"] <= RELIABLE_FPR, "tasks": tasks}
+    return {"pool": {"images": len(items), "sampling": "uniform reservoir sample"}, "config": config.describe(),
+            "detectors": detectors}

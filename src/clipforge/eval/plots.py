@@ -87,6 +87,9 @@ def robustness_plot(plt, base: str, result: dict, path: Path) -> str:
     trend = result["trend"]["average_shifted"]
     if trend is not None:
         ax.plot(_logit_pct(grid), trend["slope"] * _logit_pct(grid) + trend["intercept"], "C0-", lw=1, label="probe trend")
+    if "linear probe" in points:
+        lp = points["linear probe"]
+        ax.scatter(_logit_pct([lp["id"]]), _logit_pct([lp["shifted"]]), marker="s", s=60, c="C0", label="full linear probe")
     zs = points["zero-shot"]
     ax.scatter(_logit_pct([zs["id"]]), _logit_pct([zs["shifted"]]), marker="*", s=250, c="C3", label="zero-shot")
     ticks = np.array([0.05, 0.1, 0.25, 0.5, 0.75, 0.9, 0.95, 0.99])

@@ -165,14 +165,22 @@ def _robustness_section(report: dict) -> list[str]:
 def _overlap_section(report: dict) -> list[str]:
     if not report.get("overlap"):
         return []
-    o, cal = report["overlap"], report["overlap"]["calibration"]
-    rows = [[t, _pct(r["overlap_fraction"]), _pct(r["accuracy_all"]), _pct(r["accuracy_overlap"]),
-             _pct(r["accuracy_clean"]), _pct(r["all_minus_clean"]), "–" if r["p_value"] is None else f"{r['p_value']:.3g}"]
-            for t, r in o["tasks"].items()]
-    return ["## Train/eval overlap", "", f"Detector: {o['detector']} ({o['pool']['images']} images of "
-            f"`{o['pool']['source']}`). Threshold {cal['threshold']:.4f}: recall {_pct(cal['recall'])}% of "
-            f"{cal['n_duplicates']} synthetic duplicates at a false-positive rate of {_pct(cal['false_positive_rate'])}%.",
-            ""] + _table(["task", "overlap %", "all", "overlap", "clean", "all − clean", "p (overlap > clean)"], rows) + [""]
+    o = report["overlap"]
+    lines = ["## Train/eval overlap", "", f"Training pool: {o['pool']['images']} images of `{o['pool']['source']}` "
+             f"({o['pool']['sampling']}). Thresholds flag {_pct(o['config']['target_recall'])}% of synthetic "
+             "duplicates (crops, shifts, colour jitter, JPEG) of pool images.", ""]
+    for name, d in o["detectors"].items():
+        cal = d["calibration"]
+        rows = [[t, _pct(r["overlap_fraction"]), _pct(r["accuracy_all"]), _pct(r["accuracy_overlap"]),
+                 _pct(r["accuracy_clean"]), _pct(r["all_minus_clean"]),
+                 "–" if r["p_value"] is None else f"{r['p_value']:.3g}"] for t, r in d["tasks"].items()]
+        lines += [f"**{name}** detector: {d['description']}. Threshold {cal['threshold']:.4f}: recall "
+                  f"{_pct(cal['recall'])}% of {cal['n_duplicates']} duplicates, false-positive rate "
+                  f"{_pct(cal['false_positive_rate'])}% against the other pool images."
+                  + ("" if d["reliable"] else " The detector does not separate duplicates from look-alikes here: "
+                     "its overlap fractions are upper bounds."), ""]
+        lines += _table(["task", "overlap %", "all", "overlap", "clean", "all − clean", "p (overlap > clean)"], rows) + [""]
+    return lines
 
 
 def summary_table(report: dict) -> str:
@@ -190,11 +198,10 @@ def summary_table(report: dict) -> str:
                      f"{_pct(zs['average_shifted_accuracy'])} (ER {_pct(zs['effective_robustness']['average_shifted'])}), "
                      f"probe {_pct(lp['in_distribution_accuracy'])} -> {_pct(lp['average_shifted_accuracy'])} "
                      f"(ER {_pct(lp['effective_robustness']['average_shifted'])})")
-    if report.get("overlap"):
-        o = report["overlap"]
-        parts = [f"{t} {_pct(r['overlap_fraction'])}%" for t, r in o["tasks"].items()]
-        lines.append(f"overlap (threshold {o['calibration']['threshold']:.3f}, FPR "
-                     f"{_pct(o['calibration']['false_positive_rate'])}%): " + ", ".join(parts))
+    for name, d in report.get("overlap", {}).get("detectors", {}).items():
+        parts = [f"{t} {_pct(r['overlap_fraction'])}%" for t, r in d["tasks"].items()]
+        lines.append(f"overlap, {name} detector (FPR {_pct(d['calibration']['false_positive_rate'])}%"
+                     f"{'' if d['reliable'] else ', upper bounds'}): " + ", ".join(parts))
     return "\n".join(lines)
 
 

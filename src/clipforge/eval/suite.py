@@ -8,8 +8,9 @@
 from __future__ import annotations
 
 import os
+import sys
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
@@ -173,7 +174,8 @@ class Suite:
             if few_shot:
                 task.probes["few_shot"] = few_shot_curve(
                     *s["train"], *s["val"], *s["test"], self.config.few_shot, self.config.probe,
-                    zero_shot_accuracy=self.zero_shot_on_test(name),
+                    zero_shot_accuracy=self.zero_shot_on_test(name), progress=self.config.progress,
+                    desc=f"few-shot {name}",
                 )
         return task.probes
 
@@ -266,39 +268,23 @@ def _accuracies(suite: Suite, base: str, shifted: Sequence[str], predict: Callab
 
 
 def _overlap(suite: Suite) -> dict:
-    from clipforge.eval.overlap import (
-        ImageBytes, calibrate, calibration_scores, make_duplicate, max_similarity, overlap_table,
-        sample_training_images,
-    )
+    from clipforge.eval.overlap import run_overlap, sample_training_images
 
     c, cfg = suite.config.overlap, suite.config
     source = c.train_source or suite.layout.train_source
     items = sample_training_images(source, c.max_train_images, c.seed)
-    if len(items) < 2:
-        raise ValueError(f"overlap: training source {source} has fewer than two images")
 
     def encode(dataset, desc):
         return encode_images(suite.model, suite.preprocess, dataset, batch_size=cfg.batch_size,
-                             num_workers=cfg.num_workers, progress=cfg.progress, desc=desc).embeddings
+                             num_workers=cfg.num_workers, progress=cfg.progress, desc=desc)
 
-    pool = encode(ImageBytes([data for _, data in items], suite.preprocess), "training pool")
-    rng = np.random.default_rng(c.seed)
-    originals = np.sort(rng.choice(len(items), size=min(c.calibration_images, len(items)), replace=False))
-    duplicates = encode(ImageBytes([items[i][1] for i in originals], suite.preprocess, make_duplicate), "duplicates")
-    calibration = calibrate(*calibration_scores(pool, duplicates, originals), c.target_recall)
-    tasks = {}
-    for name in suite.task_names:
-        _, predictions = suite.zero_shot(name)
-        scores, nearest = max_similarity(suite.features(name).embeddings, pool)
-        correct = predictions == suite.task(name).eval_set.labels
-        tasks[name] = overlap_table(scores.numpy(), calibration["threshold"], correct)
-    return {
-        "detector": "max cosine similarity of the evaluated model's image embeddings to a training pool",
-        "pool": {"source": str(source), "images": len(items), "sampling": "uniform reservoir sample"},
-        "calibration": calibration,
-        "config": c.describe(),
-        "tasks": tasks,
+    evaluations = {
+        name: (suite.features(name), suite.zero_shot(name)[1] == suite.task(name).eval_set.labels)
+        for name in suite.task_names
     }
+    result = run_overlap(encode, items, evaluations, c, suite.preprocess)
+    result["pool"]["source"] = str(source)
+    return result
 
 
 _RUNNERS: dict[str, Callable[[Suite], dict]] = {
@@ -372,6 +358,8 @@ def run_suite(
         start = time.perf_counter()
         results[protocol] = _RUNNERS[protocol](runner)
         timings[protocol] = round(time.perf_counter() - start, 3)
+        if config.progress:
+            print(f"[eval] {protocol}: {timings[protocol]:.1f} s", file=sys.stderr, flush=True)
     report = {
         "model": _model_info(model, model_name),
         "data_root": str(layout.root),
