@@ -8,7 +8,6 @@ import os
 import subprocess
 import sys
 import tarfile
-import zlib
 from pathlib import Path
 
 import numpy as np
@@ -18,17 +17,7 @@ from clipforge import cli
 from clipforge.serve.embed import EmbedConfig, EmbedError, read_embeddings, run_embedding
 from clipforge.serve.embed_sources import image_items, text_items
 from clipforge.serve.encoder import Encoder
-from clipforge.serve.sample import make_model_dir, make_shape_images
-
-
-def png_claiming(width: int, height: int) -> bytes:
-    """A PNG whose header claims width × height (its pixel data is a few bytes): a decompression bomb."""
-
-    def chunk(kind: bytes, data: bytes) -> bytes:
-        return len(data).to_bytes(4, "big") + kind + data + zlib.crc32(kind + data).to_bytes(4, "big")
-
-    ihdr = width.to_bytes(4, "big") + height.to_bytes(4, "big") + bytes([8, 2, 0, 0, 0])
-    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", zlib.compress(b"\x00" * 16)) + chunk(b"IEND", b"")
+from clipforge.serve.sample import bomb_png, make_model_dir, make_shape_images
 
 
 @pytest.fixture(scope="module")
@@ -39,7 +28,7 @@ def world(tmp_path_factory, reference_dir):
     make_shape_images(images / "a", 18)
     make_shape_images(images / "b", 12, seed=1)
     (images / "b" / "zz_not_an_image.png").write_text("<html>404</html>")
-    (images / "b" / "zz_bomb.png").write_bytes(png_claiming(20000, 20000))
+    (images / "b" / "zz_bomb.png").write_bytes(bomb_png(20000, 20000))
     good = (images / "a" / "blue_circle_0002.png").read_bytes()
     (images / "b" / "zz_truncated.png").write_bytes(good[: len(good) // 2])
     encoder = Encoder.load(model)
@@ -115,7 +104,8 @@ def encode(images):
     return encoder.encode_images(images)
 header = {{"kind": "image", "source": {str(world['images'])!r}, "model_sha256": encoder.fingerprint(),
           "dim": encoder.dim}}
-run_embedding(image_items({str(world['images'])!r}), encode, {str(tmp_path)!r}, EmbedConfig(part_size=8, batch_size=4), header)
+run_embedding(image_items({str(world['images'])!r}), encode, {str(tmp_path)!r},
+              EmbedConfig(part_size=8, batch_size=4), header)
 """
     proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
     assert proc.returncode == -9, proc.stderr[-2000:]

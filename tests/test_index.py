@@ -47,7 +47,8 @@ def test_hnsw_recall_and_auto_kind(tmp_path):
     assert recall >= 0.95, recall
     hnsw.save(tmp_path / "hnsw")
     loaded = VectorIndex.load(tmp_path / "hnsw", ef_search=256)
-    assert loaded.info["hnsw"] == {"m": 32, "ef_construction": 80, "ef_search": 128} and loaded.faiss_index.hnsw.efSearch == 256
+    assert loaded.info["hnsw"] == {"m": 32, "ef_construction": 80, "ef_search": 128}
+    assert loaded.faiss_index.hnsw.efSearch == 256
     np.testing.assert_array_equal(loaded.search(queries, 10)[1][:, 0], exact_rows[:, 0])
 
 

@@ -18,7 +18,7 @@ from clipforge.serve.encoder import Encoder
 from clipforge.serve.index import VectorIndex
 from clipforge.serve.limits import Limits
 from clipforge.serve.runner import ServerThread
-from clipforge.serve.sample import build_demo
+from clipforge.serve.sample import bomb_png, build_demo
 from clipforge.serve.service import ServeConfig, Service
 
 TOKEN = "s3cret-token-for-tests"
@@ -111,18 +111,8 @@ def test_classify_json_and_multipart(client, demo):
     assert multipart["labels"] == body["labels"]
 
 
-def _bomb(width: int = 20000, height: int = 20000) -> bytes:
-    import zlib
-
-    def chunk(kind: bytes, data: bytes) -> bytes:
-        return len(data).to_bytes(4, "big") + kind + data + zlib.crc32(kind + data).to_bytes(4, "big")
-
-    ihdr = width.to_bytes(4, "big") + height.to_bytes(4, "big") + bytes([8, 2, 0, 0, 0])
-    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", zlib.compress(b"\x00" * 16)) + chunk(b"IEND", b"")
-
-
 # A small PNG for cases refused before the image is decoded.
-GOOD_PNG = base64.b64encode(_bomb(8, 8)).decode()
+GOOD_PNG = base64.b64encode(bomb_png(8, 8)).decode()
 
 HOSTILE_JSON = [
     ("/v1/embed/text", b"\x00\xff\x13 random bytes"),
@@ -172,8 +162,8 @@ def test_hostile_uploads(client, demo):
         "random bytes": (os.urandom(2000), 400, "not a JPEG/PNG"),
         "truncated png": (good[: len(good) // 2], 400, "truncated or corrupt"),
         "empty file": (b"", 400, "empty"),
-        "20000x20000 header": (_bomb(), 413, "too many pixels"),  # refused by PIL's own header check
-        "3000x3000 header": (_bomb(3000, 3000), 413, "header claims 3000x3000"),  # above our 4 MP limit
+        "20000x20000 header": (bomb_png(20000, 20000), 413, "too many pixels"),  # refused by PIL's own header check
+        "3000x3000 header": (bomb_png(3000, 3000), 413, "header claims 3000x3000"),  # above our 4 MP limit
     }
     for name, (data, status, message) in cases.items():
         for path, fields in (("/v1/search", {}), ("/v1/classify", {"labels": ["a", "b"]}),

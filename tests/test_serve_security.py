@@ -123,7 +123,8 @@ def test_service_url_fetching_is_off_by_default_and_guarded_when_on(tmp_path, re
     from clipforge.serve.sample import make_model_dir
     from clipforge.serve.service import ServeConfig, Service
 
-    encoder = Encoder.load(make_model_dir(tmp_path, "tiny-vit", reference_dir / "tokenizer" / "bpe_simple_vocab_16e6.txt.gz"))
+    merges = reference_dir / "tokenizer" / "bpe_simple_vocab_16e6.txt.gz"
+    encoder = Encoder.load(make_model_dir(tmp_path, "tiny-vit", merges))
     port = origin.rsplit(":", 1)[1]
     for allow, expected in ((False, "disabled"), (True, "not a public address")):
         app = create_app(Service(encoder, None, ServeConfig(allow_url_fetch=allow)))

@@ -12,7 +12,8 @@ from clipforge.export import ExportConfig, ExportError, check_onnx, export_onnx
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("model", help="checkpoint file or directory, or a model name (OpenAI weights are downloaded)")
-    parser.add_argument("--out", required=True, help="output directory for image_encoder.onnx, text_encoder.onnx, onnx.json")
+    parser.add_argument("--out", required=True,
+                        help="output directory for image_encoder.onnx, text_encoder.onnx and onnx.json")
     parser.add_argument("--towers", default="image,text", help="comma-separated: image, text (default both)")
     parser.add_argument("--opset", type=int, default=ExportConfig.opset, help="ONNX opset (default %(default)s)")
     parser.add_argument("--random", action="store_true",

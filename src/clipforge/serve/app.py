@@ -45,6 +45,7 @@ ERRORS = {code: {"model": ErrorBody} for code in (400, 401, 403, 404, 413, 415, 
 
 
 def create_app(service: Service) -> FastAPI:
+    """The ASGI app serving ``service`` (run it with uvicorn, ``clipforge serve`` or ServerThread)."""
     from clipforge import __version__
 
     limits = service.limits
@@ -69,14 +70,21 @@ def create_app(service: Service) -> FastAPI:
 
     _add_error_handlers(app)
     _add_page(app)
+    _add_api(app, service, run, compute, thumbs)
+    app.add_middleware(Guard, token=service.config.token, max_body_bytes=limits.max_body_bytes,
+                       gates={"/v1/": compute, "/thumbs/": thumbs})
+    return app
 
+
+def _add_api(app: FastAPI, service: Service, run: Callable, compute: Gate, thumbs: Gate) -> None:
+    """The /v1 endpoints and thumbnails; ``run(gate, fn, *args)`` computes on the gate's worker threads."""
     @app.get("/v1/health", response_model=Health, tags=["service"])
     async def health() -> dict:
-        index, encoder = service.index, service.encoder
-        return {"status": "ok", "model": Path(encoder.name).name, "dim": encoder.dim, "image_size": encoder.image_size,
-                "index_size": len(index) if index else None, "index_kind": index.info.get("kind") if index else None,
-                "in_flight": compute.admitted, "capacity": compute.capacity, "auth": service.config.token is not None,
-                "url_fetch": service.config.allow_url_fetch}
+        index, encoder, config = service.index, service.encoder, service.config
+        return {"status": "ok", "model": Path(encoder.name).name, "dim": encoder.dim,
+                "image_size": encoder.image_size, "index_size": len(index) if index else None,
+                "index_kind": index.info.get("kind") if index else None, "in_flight": compute.admitted,
+                "capacity": compute.capacity, "auth": config.token is not None, "url_fetch": config.allow_url_fetch}
 
     @app.post("/v1/embed/text", response_model=EmbedResponse, responses=ERRORS, tags=["embed"])
     async def embed_text(body: TextEmbedRequest) -> dict:
@@ -86,30 +94,26 @@ def create_app(service: Service) -> FastAPI:
     @app.post("/v1/embed/image", response_model=EmbedResponse, responses=ERRORS, tags=["embed"],
               openapi_extra=_body_doc(ImageEmbedRequest, {"files": _FILES}))
     async def embed_image(request: Request) -> dict:
-        body, files = await _parse(request, ImageEmbedRequest, limits, lists=("images", "urls"))
+        body, files = await _parse(request, ImageEmbedRequest, service.limits, lists=("images", "urls"))
         uploads = [await f.read() for f in files.get("files", []) + files.get("file", [])]
         return _embeddings(service, await run(compute, service.embed_images, uploads, body.images, body.urls))
 
     @app.post("/v1/search", response_model=SearchResponse, responses=ERRORS, tags=["search"],
               openapi_extra=_body_doc(SearchRequest, {"file": _FILE, "k": {"type": "integer"}}))
     async def search(request: Request) -> dict:
-        body, files = await _parse(request, SearchRequest, limits, ints=("k", "row"))
+        body, files = await _parse(request, SearchRequest, service.limits, ints=("k", "row"))
         return await run(compute, service.search, body, await _one_file(files))
 
     @app.post("/v1/classify", response_model=ClassifyResponse, responses=ERRORS, tags=["classify"],
               openapi_extra=_body_doc(ClassifyRequest, {"file": _FILE, "labels": _STRINGS, "templates": _STRINGS}))
     async def classify(request: Request) -> dict:
-        body, files = await _parse(request, ClassifyRequest, limits, lists=("labels", "templates"))
+        body, files = await _parse(request, ClassifyRequest, service.limits, lists=("labels", "templates"))
         return await run(compute, service.classify, body, await _one_file(files))
 
     @app.get("/thumbs/{row}", responses={200: {"content": {"image/jpeg": {}}}, **ERRORS}, tags=["search"])
     async def thumbnail(row: int) -> Response:
         data = await run(thumbs, service.thumbnail, row)
         return Response(data, media_type="image/jpeg", headers={"Cache-Control": "private, max-age=3600"})
-
-    app.add_middleware(Guard, token=service.config.token, max_body_bytes=limits.max_body_bytes,
-                       gates={"/v1/": compute, "/thumbs/": thumbs})
-    return app
 
 
 def _embeddings(service: Service, vectors) -> dict:

@@ -14,7 +14,8 @@ from clipforge.serve.embed import EmbedConfig, EmbedError, run_embedding
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("model", help="checkpoint file or directory (clipforge's directory format carries its tokenizer)")
+    parser.add_argument("model", help="checkpoint file or directory (clipforge's directory format carries "
+                                      "its tokenizer)")
     what = parser.add_mutually_exclusive_group(required=True)
     what.add_argument("--images", help="a folder (recursive), a .csv/.tsv with a path column, or tar shards "
                                        "(brace-expanded, e.g. data/{00000..00009}.tar)")

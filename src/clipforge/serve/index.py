@@ -66,7 +66,8 @@ class VectorIndex:
 
     def __init__(self, faiss_index: Any, ids: list[str], sources: list[str], info: dict[str, Any]):
         if faiss_index.ntotal != len(ids) or len(ids) != len(sources):
-            raise VectorIndexError(f"index has {faiss_index.ntotal} vectors but {len(ids)} ids and {len(sources)} sources")
+            raise VectorIndexError(f"index has {faiss_index.ntotal} vectors but {len(ids)} ids and "
+                                   f"{len(sources)} sources")
         self.faiss_index, self.ids, self.sources, self.info = faiss_index, ids, sources, info
 
     @classmethod
@@ -86,9 +87,11 @@ class VectorIndex:
             index.hnsw.efConstruction = config.ef_construction
             index.hnsw.efSearch = config.ef_search
         index.add(vectors)
-        meta = {"format": FORMAT, "kind": kind, "metric": "inner_product", "dim": dim, "count": len(ids), **(info or {})}
+        meta = {"format": FORMAT, "kind": kind, "metric": "inner_product", "dim": dim, "count": len(ids),
+                **(info or {})}
         if kind == "hnsw":
-            meta["hnsw"] = {"m": config.hnsw_m, "ef_construction": config.ef_construction, "ef_search": config.ef_search}
+            meta["hnsw"] = {"m": config.hnsw_m, "ef_construction": config.ef_construction,
+                            "ef_search": config.ef_search}
         return cls(index, list(ids), list(sources), meta)
 
     def __len__(self) -> int:
@@ -155,7 +158,8 @@ def build_from_embeddings(embeddings_dir: str | os.PathLike, config: IndexConfig
 
     emb = read_embeddings(embeddings_dir)
     if emb.manifest.get("kind") != "image":
-        raise VectorIndexError(f"{embeddings_dir}: holds {emb.manifest.get('kind')} embeddings; the index is for images")
+        raise VectorIndexError(f"{embeddings_dir}: holds {emb.manifest.get('kind')} embeddings; the index is "
+                               "for images")
     if len(emb.ids) == 0:
         raise VectorIndexError(f"{embeddings_dir}: no embeddings to index")
     info = {"model": emb.manifest.get("model"), "model_sha256": emb.manifest.get("model_sha256"),

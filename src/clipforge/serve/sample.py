@@ -4,6 +4,7 @@ random model saved in clipforge's directory format. Used by the tests, the load 
 from __future__ import annotations
 
 import os
+import zlib
 from pathlib import Path
 
 import numpy as np
@@ -38,6 +39,18 @@ def make_shape_images(folder: str | os.PathLike, count: int, size: int = 64, see
         image.save(path)
         paths.append(path)
     return paths
+
+
+def bomb_png(width: int, height: int) -> bytes:
+    """A valid PNG header claiming width × height, with a few bytes of pixel data: what a
+    decompression bomb looks like to a decoder that trusts the header. For testing pixel limits."""
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return len(data).to_bytes(4, "big") + kind + data + zlib.crc32(kind + data).to_bytes(4, "big")
+
+    ihdr = width.to_bytes(4, "big") + height.to_bytes(4, "big") + bytes([8, 2, 0, 0, 0])  # 8-bit RGB
+    idat = chunk(b"IDAT", zlib.compress(b"\x00" * 16))
+    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + idat + chunk(b"IEND", b"")
 
 
 def make_model_dir(out: str | os.PathLike, name: str = "tiny-vit", merges: str | os.PathLike | None = None,
@@ -79,9 +92,10 @@ def build_demo(root: str | os.PathLike, merges: str | os.PathLike | None = None,
     make_model_dir(paths["model"], model, merges)
     make_shape_images(paths["images"], images)
     encoder = Encoder.load(paths["model"])
-    header = {"kind": "image", "source": str(paths["images"]), "model_sha256": encoder.fingerprint(), "dim": encoder.dim}
+    header = {"kind": "image", "source": str(paths["images"]), "model_sha256": encoder.fingerprint(),
+              "dim": encoder.dim}
     run_embedding(image_items(str(paths["images"])), encoder.encode_images, paths["embeddings"],
                   EmbedConfig(part_size=max(1, images // 2)), header, info={"model": encoder.name})
     build_from_embeddings(paths["embeddings"], IndexConfig()).save(paths["index"])
     return paths
-__all__ = ["COLOURS", "SHAPES", "build_demo", "make_model_dir", "make_shape_images"]
+__all__ = ["COLOURS", "SHAPES", "bomb_png", "build_demo", "make_model_dir", "make_shape_images"]
