@@ -19,6 +19,7 @@ same ids there (``ids_sha1``).
 from __future__ import annotations
 
 import contextlib
+import functools
 import hashlib
 import itertools
 import json
@@ -78,11 +79,13 @@ class EmbedResult:
 
 
 def run_embedding(source: ItemSource, encode: Callable[[list], np.ndarray], out_dir: str | os.PathLike,
-                  config: EmbedConfig, header: dict[str, Any], info: dict[str, Any] | None = None) -> EmbedResult:
+                  config: EmbedConfig, header: dict[str, Any], info: dict[str, Any] | None = None,
+                  prepare: Callable[[Any], Any] | None = None) -> EmbedResult:
     """Embed ``source``'s items with ``encode`` (list of loaded items → float32 [N, D]) into ``out_dir``.
 
     ``header`` identifies the job (e.g. kind, source, model fingerprint); a restart must give the same
-    one. ``info`` is recorded in the manifest but not compared (e.g. the model's path).
+    one. ``info`` is recorded in the manifest but not compared (e.g. the model's path). ``prepare``
+    runs on each loaded item in the decoding threads (e.g. the image transform), before ``encode``.
     """
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
@@ -105,7 +108,8 @@ def run_embedding(source: ItemSource, encode: Callable[[list], np.ndarray], out_
                 elif config.max_parts is not None and len(result.parts_written) >= config.max_parts:
                     break
                 else:
-                    entry = _embed_part(out, name, chunk, encode, pool, config, progress)
+                    load = functools.partial(_load, prepare=prepare)
+                    entry = _embed_part(out, name, chunk, load, encode, pool, config, progress)
                     manifest["parts"][name] = {**entry, "ids_sha1": ids_sha1, "items": len(chunk)}
                     manifest["failures"] = list(source.failures)
                     _write_json(out / MANIFEST, manifest)
@@ -171,22 +175,28 @@ def _ids_digest(chunk: Sequence[Item]) -> str:
     return hashlib.sha1("\n".join(item.id for item in chunk).encode("utf-8")).hexdigest()
 
 
-def _load(item: Item) -> Any:
+def _load(item: Item, prepare: Callable[[Any], Any] | None) -> Any:
     try:
-        return item.load()
+        loaded = item.load()
     except BadSample as err:
         return err
+    if prepare is None:
+        return loaded
+    try:
+        return prepare(loaded)
+    except Exception as err:  # a transform failing on one odd image must not end the job
+        return BadSample("transform_error", f"{type(err).__name__}: {err}")
 
 
-def _embed_part(out: Path, name: str, chunk: list[Item], encode, pool: ThreadPoolExecutor,
+def _embed_part(out: Path, name: str, chunk: list[Item], load, encode, pool: ThreadPoolExecutor,
                 config: EmbedConfig, progress: tqdm) -> dict[str, Any]:
     vectors, ids, sources, skipped = [], [], [], []
     batches = [chunk[i : i + config.batch_size] for i in range(0, len(chunk), config.batch_size)]
-    pending = [pool.submit(_load, item) for item in batches[0]] if batches else []
+    pending = [pool.submit(load, item) for item in batches[0]] if batches else []
     for b, batch in enumerate(batches):
         loaded = [f.result() for f in pending]
         # Decode the next batch while this one is encoded.
-        pending = [pool.submit(_load, item) for item in batches[b + 1]] if b + 1 < len(batches) else []
+        pending = [pool.submit(load, item) for item in batches[b + 1]] if b + 1 < len(batches) else []
         good = [(item, obj) for item, obj in zip(batch, loaded) if not isinstance(obj, BadSample)]
         skipped += [[item.id, obj.reason] for item, obj in zip(batch, loaded) if isinstance(obj, BadSample)]
         if good:

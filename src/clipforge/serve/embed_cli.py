@@ -45,10 +45,13 @@ def run(args: argparse.Namespace) -> int:
         else:
             source = text_items(args.texts, column=args.column, id_column=args.id_column)
         encoder = Encoder.load(args.model, device=args.device, batch_size=args.batch_size)
-        encode = encoder.encode_images if args.images else encoder.encode_texts
+        # Images are decoded and transformed in the worker threads; only the forward pass is batched here.
+        encode = encoder.encode_pixels if args.images else encoder.encode_texts
+        prepare = encoder.preprocess if args.images else None
         header = {"kind": "image" if args.images else "text", "source": args.images or args.texts,
                   "model_sha256": encoder.fingerprint(), "dim": encoder.dim}
-        result = run_embedding(source, encode, args.out, config, header, info={"model": encoder.name})
+        result = run_embedding(source, encode, args.out, config, header, info={"model": encoder.name},
+                               prepare=prepare)
     except (EmbedError, ValueError, FileNotFoundError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2

@@ -70,9 +70,13 @@ class Encoder:
 
     def encode_images(self, images: Sequence[Image.Image]) -> np.ndarray:
         """PIL images (any mode) → float32 [N, D], rows of unit norm."""
+        return self.encode_pixels([self.preprocess(im) for im in images])
+
+    def encode_pixels(self, pixels: Sequence[torch.Tensor]) -> np.ndarray:
+        """Preprocessed images, each [3, S, S] (``self.preprocess``'s output) → float32 [N, D], unit rows."""
         out = []
-        for start in range(0, len(images), self.batch_size):
-            batch = torch.stack([self.preprocess(im) for im in images[start : start + self.batch_size]])  # [B,3,S,S]
+        for start in range(0, len(pixels), self.batch_size):
+            batch = torch.stack(list(pixels[start : start + self.batch_size]))  # [B, 3, S, S]
             with torch.inference_mode():
                 features = self.model.encode_image(batch.to(self.device))  # [B, D]
             out.append(F.normalize(features.float(), dim=-1).cpu().numpy())

@@ -94,8 +94,9 @@ def build_demo(root: str | os.PathLike, merges: str | os.PathLike | None = None,
     encoder = Encoder.load(paths["model"])
     header = {"kind": "image", "source": str(paths["images"]), "model_sha256": encoder.fingerprint(),
               "dim": encoder.dim}
-    run_embedding(image_items(str(paths["images"])), encoder.encode_images, paths["embeddings"],
-                  EmbedConfig(part_size=max(1, images // 2)), header, info={"model": encoder.name})
+    run_embedding(image_items(str(paths["images"])), encoder.encode_pixels, paths["embeddings"],
+                  EmbedConfig(part_size=max(1, images // 2)), header, info={"model": encoder.name},
+                  prepare=encoder.preprocess)
     build_from_embeddings(paths["embeddings"], IndexConfig()).save(paths["index"])
     return paths
 __all__ = ["COLOURS", "SHAPES", "bomb_png", "build_demo", "make_model_dir", "make_shape_images"]
