@@ -12,7 +12,7 @@ of the same content (on the synthetic world, most images have look-alikes in tra
 calibration's false-positive rate exposes; the thumbnail detector finds copies only.
 
 Each threshold is calibrated on synthetic duplicates made from pool images (a random 80-95% crop
-resized back, a shift of up to 3 pixels, slight colour jitter, a JPEG re-encode at quality 30-90):
+resized back, a shift of up to 2% of the size, slight colour jitter, a JPEG re-encode at quality 30-90):
 a duplicate's score against its original is a positive; its maximum score against every other
 pool image is a negative. The threshold is the largest value that flags ``target_recall`` of the
 positives; the negatives flagged at it are the reported false-positive rate. The pool is a uniform
@@ -121,13 +121,15 @@ class ImageBytes(Dataset):
 
 
 def make_duplicate(image: Image.Image, rng: np.random.Generator) -> Image.Image:
-    """A near-duplicate: 80-95% crop resized back, ≤3 px shift, ±10% colour jitter, JPEG q 30-90."""
+    """A near-duplicate: 80-95% crop resized back, a shift of ≤2% of the size (at least 1 px, 4 px at
+    224 px), ±10% brightness and saturation jitter, a JPEG re-encode at quality 30-90."""
     w, h = image.size
     scale = rng.uniform(0.80, 0.95)
     cw, ch = max(1, int(w * scale)), max(1, int(h * scale))
     left, top = int(rng.integers(0, w - cw + 1)), int(rng.integers(0, h - ch + 1))
     out = image.crop((left, top, left + cw, top + ch)).resize((w, h), Image.Resampling.BICUBIC)
-    dx, dy = (int(v) for v in rng.integers(-3, 4, size=2))
+    reach = max(1, round(0.02 * min(w, h)))
+    dx, dy = (int(v) for v in rng.integers(-reach, reach + 1, size=2))
     out = out.transform(out.size, Image.Transform.AFFINE, (1, 0, -dx, 0, 1, -dy), fillcolor=(128, 128, 128))
     out = ImageEnhance.Brightness(out).enhance(rng.uniform(0.9, 1.1))
     out = ImageEnhance.Color(out).enhance(rng.uniform(0.9, 1.1))
