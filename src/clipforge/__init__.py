@@ -8,11 +8,11 @@
 
 __version__ = "0.1.0"
 
-from clipforge import registry
+from clipforge import registry, zeroshot
 from clipforge.api import load, save
 from clipforge.checkpoint import CheckpointError
 from clipforge.factory import create_model
 from clipforge.registry import available_models
 from clipforge.tokenizer import Tokenizer, tokenize
 
-__all__ = ["available_models", "create_model", "load", "save", "tokenize", "Tokenizer", "CheckpointError", "registry"]
+__all__ = ["available_models", "create_model", "load", "save", "tokenize", "Tokenizer", "CheckpointError", "registry", "zeroshot"]
