@@ -34,6 +34,8 @@ def run_encode_workload(model_name: str, tower: str, variant: str, batch: int, d
     """Build, warm up and time one encode workload in this process; returns its record."""
     impl, opts = split_variant(variant)
     workloads.peer_available(impl)
+    if "compile" in opts:
+        torch._dynamo.reset()
     config = workloads.get_config(model_name)
     images, tokens = workloads.synthetic_batch(batch, config, seed=0, trim="trim" in opts, device=device)
     inputs = images if tower == "image" else tokens

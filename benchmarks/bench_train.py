@@ -39,6 +39,8 @@ def run_train_workload(model_name: str, variant: str, batch: int, device: str, a
     """
     impl, opts = split_variant(variant)
     workloads.peer_available(impl)  # import the peer's package before the memory baseline
+    if "compile" in opts:
+        torch._dynamo.reset()  # a fresh compile per workload: no recompile-limit fallbacks to eager
     config = workloads.get_config(model_name)
     images, tokens = workloads.synthetic_batch(batch, config, seed, trim="trim" in opts, device=device)
     rss_before = common.current_rss_mib()
