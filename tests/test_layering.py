@@ -12,7 +12,7 @@ import pytest
 
 SRC = Path(__file__).resolve().parents[1] / "src" / "clipforge"
 LIBRARY = ["config", "registry", "factory", "model", "tokenizer", "transforms", "checkpoint", "hf", "hub",
-           "zeroshot", "api"]
+           "zeroshot", "api", "export", "fastpath"]
 REQUIRED = ["config", "registry", "factory", "model", "transforms", "checkpoint", "hf", "hub", "api"]
 APPLICATION = ["data", "train", "eval", "serve", "cli", "commands"]
 
