@@ -326,7 +326,6 @@ def test_cache_dir_follows_the_environment(monkeypatch, tmp_path):
     monkeypatch.setenv("CLIPFORGE_CACHE", str(tmp_path / "a"))
     assert hub.cache_dir() == tmp_path / "a"
     monkeypatch.delenv("CLIPFORGE_CACHE")
-    monkeypatch.delenv("CLIPFORGE_CACHE_DIR", raising=False)
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
     assert hub.cache_dir() == tmp_path / "xdg" / "clipforge"
 
@@ -344,7 +343,7 @@ def test_load_by_name_downloads_then_loads(server, tmp_path, monkeypatch, refere
     vocab_url = f"{base}/{_publish(www, vocab.read_bytes(), vocab.name)}"
     monkeypatch.setattr(clipforge.tokenizer, "download_openai_vocab",
                         partial(clipforge.tokenizer.download_openai_vocab, url=vocab_url))
-    monkeypatch.setenv("CLIPFORGE_CACHE_DIR", str(tmp_path / "tok_cache"))
+    monkeypatch.setenv("CLIPFORGE_CACHE", str(tmp_path / "tok_cache"))
     monkeypatch.delenv("CLIPFORGE_OPENAI_VOCAB", raising=False)
     loaded, _, tokenizer = clipforge.load("ViT-B-32-quickgelu", download_root=tmp_path / "cache")
     assert (tmp_path / "cache" / "ViT-B-32.pt").is_file()

@@ -181,11 +181,11 @@ def test_pickle_round_trip(tok: Tokenizer) -> None:
 
 def test_openai_vocab_resolution(vocab_path: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.delenv("CLIPFORGE_OPENAI_VOCAB", raising=False)
-    monkeypatch.setenv("CLIPFORGE_CACHE_DIR", str(tmp_path / "empty"))
+    monkeypatch.setenv("CLIPFORGE_CACHE", str(tmp_path / "empty"))
     with pytest.raises(FileNotFoundError, match="download_openai_vocab"):
         resolve_openai_vocab()
     assert resolve_openai_vocab(vocab_path) == vocab_path
-    monkeypatch.setenv("CLIPFORGE_CACHE_DIR", str(tmp_path))
+    monkeypatch.setenv("CLIPFORGE_CACHE", str(tmp_path))
     (tmp_path / OPENAI_VOCAB_FILENAME).symlink_to(vocab_path)
     assert resolve_openai_vocab() == tmp_path / OPENAI_VOCAB_FILENAME
     monkeypatch.setenv("CLIPFORGE_OPENAI_VOCAB", str(vocab_path))

@@ -17,6 +17,7 @@ from pathlib import Path
 
 from tqdm import tqdm
 
+from clipforge.paths import cache_dir
 from clipforge.registry import OPENAI_MODELS, canonical_name
 
 _BASE = "https://openaipublic.azureedge.net/clip/models"
@@ -38,14 +39,6 @@ _CHUNK = 1 << 20
 
 class DownloadError(RuntimeError):
     """A download that failed, was refused, or did not match its checksum."""
-
-
-def cache_dir() -> Path:
-    """``$CLIPFORGE_CACHE``, else ``$CLIPFORGE_CACHE_DIR`` (the tokenizer's variable), else ~/.cache/clipforge."""
-    for var in ("CLIPFORGE_CACHE", "CLIPFORGE_CACHE_DIR"):
-        if os.environ.get(var):
-            return Path(os.environ[var]).expanduser()
-    return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache").expanduser() / "clipforge"
 
 
 def download_openai(name: str, root: str | os.PathLike | None = None) -> Path:

@@ -30,6 +30,8 @@ from typing import Any, Callable, Iterator, Mapping, Sequence
 import torch
 import torch.nn.functional as F
 
+from clipforge import paths
+
 TEMPLATE_DIR = Path(__file__).resolve().parent / "templates"
 # CLIP_benchmark and open_clip multiply cosine similarities by 100 to form zero-shot logits.
 ZERO_SHOT_LOGIT_SCALE = 100.0
@@ -182,12 +184,8 @@ def zero_shot_logits(image_features: torch.Tensor, classifier: torch.Tensor, sca
 
 
 def default_cache_dir() -> Path:
-    """``$CLIPFORGE_CACHE/zeroshot``, else ``$XDG_CACHE_HOME/clipforge/zeroshot`` (``~/.cache``)."""
-    root = os.environ.get("CLIPFORGE_CACHE")
-    if root:
-        return Path(root) / "zeroshot"
-    xdg = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
-    return Path(xdg) / "clipforge" / "zeroshot"
+    """``zeroshot/`` in the cache directory (``$CLIPFORGE_CACHE``, else ``~/.cache/clipforge``)."""
+    return paths.cache_dir() / "zeroshot"
 
 
 def text_tower_fingerprint(model: Any) -> str:

@@ -12,18 +12,12 @@ import tempfile
 import urllib.request
 from pathlib import Path
 
+from clipforge.paths import cache_dir
+
 OPENAI_VOCAB_FILENAME = "bpe_simple_vocab_16e6.txt.gz"
 OPENAI_VOCAB_URL = "https://github.com/openai/CLIP/raw/main/clip/bpe_simple_vocab_16e6.txt.gz"
 OPENAI_VOCAB_SHA256 = "924691ac288e54409236115652ad4aa250f48203de50a9e4722a6ecd48d6804a"
 ENV_VAR = "CLIPFORGE_OPENAI_VOCAB"
-
-
-def cache_dir() -> Path:
-    """$CLIPFORGE_CACHE_DIR, else $XDG_CACHE_HOME/clipforge, else ~/.cache/clipforge."""
-    if os.environ.get("CLIPFORGE_CACHE_DIR"):
-        return Path(os.environ["CLIPFORGE_CACHE_DIR"]).expanduser()
-    base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
-    return Path(base).expanduser() / "clipforge"
 
 
 def resolve_openai_vocab(path: str | Path | None = None) -> Path:
