@@ -146,7 +146,8 @@ def read_recipe(path: str | Path) -> dict[str, Any]:
             return json.loads(text)
         return _toml_module().loads(text)
     except (ValueError, TypeError) as err:  # JSONDecodeError and TOMLDecodeError are ValueErrors
-        raise ConfigError(f"recipe {path}: not valid {path.suffix.lstrip('.') or 'TOML'}: {err}") from err
+        kind = "JSON" if path.suffix == ".json" else "TOML"
+        raise ConfigError(f"recipe {path}: not valid {kind}: {err}") from err
 
 
 def load_config(path: str | Path | None = None, overrides: dict[str, Any] | None = None) -> TrainConfig:

@@ -29,31 +29,35 @@ class MetricsLog:
     """Appends records to ``metrics.jsonl`` (and TensorBoard); a no-op on ranks other than 0."""
 
     def __init__(self, run_dir: str | Path, enabled: bool = True, tensorboard: bool = True):
-        self.enabled = enabled
+        self.enabled, self.tensorboard = enabled, tensorboard
         self.path = Path(run_dir) / METRICS_NAME
         self._file: TextIO | None = None
         self._tb = None
-        if enabled:
+
+    def _open(self) -> TextIO:
+        """Opened on first write (and again after ``close``): a closed log can be written to later."""
+        if self._file is None:
             self.path.parent.mkdir(parents=True, exist_ok=True)
             self._file = open(self.path, "a", encoding="utf-8")
-            if tensorboard:
-                self._tb = _tensorboard_writer(Path(run_dir) / "tensorboard")
+            if self.tensorboard and self._tb is None:
+                self._tb = _tensorboard_writer(self.path.parent / "tensorboard")
+        return self._file
 
     def truncate_after(self, step: int) -> None:
         """Drop records past ``step`` (written by a run that was killed after its last checkpoint)."""
         if not self.enabled or not self.path.is_file():
             return
-        self._file.close()
+        self.close()
         keep = [line for line in self.path.read_text(encoding="utf-8").splitlines()
                 if line.strip() and json.loads(line).get("step", 0) <= step]
         self.path.write_text("".join(f"{line}\n" for line in keep), encoding="utf-8")
-        self._file = open(self.path, "a", encoding="utf-8")
 
     def write(self, record: dict[str, Any]) -> None:
         if not self.enabled:
             return
-        self._file.write(json.dumps(record) + "\n")
-        self._file.flush()
+        handle = self._open()
+        handle.write(json.dumps(record) + "\n")
+        handle.flush()
         if self._tb is not None:
             prefix = record.get("kind", "train")
             for key, value in record.items():

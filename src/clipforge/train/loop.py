@@ -50,7 +50,7 @@ class Trainer:
         self.tokenizer = tokenizer or self._build_tokenizer()
         self.clip = build_clip(config, self.tokenizer)
         self._seed_rank()
-        self.train_model = TrainModel(self.clip, config.run.loss)
+        self.train_model = TrainModel(self.clip, config.run.loss, config.precision.channels_last)
         self.frozen = apply_locks(self.clip, config.optim)
         self.clip.set_grad_checkpointing(config.precision.grad_checkpointing)
         self.model = wrap_model(self.train_model.to(self.info.device), config.run.distributed, self.info)
@@ -170,6 +170,7 @@ class Trainer:
     def _optimizer_step(self, batches, lr: float) -> dict[str, Any]:
         """Gradients, checks, update. A NaN/Inf loss or gradient skips the update entirely."""
         self.optimizer.zero_grad(set_to_none=True)
+        buffers = [b.detach().clone() for b in self.clip.buffers()]  # BatchNorm statistics of a bad batch are undone
         loss, diagnostics = forward_backward(self.model, batches, self.cfg.run.loss, self.info.device,
                                              self.precision.autocast, self.precision.scale)
         self.precision.unscale(self.optimizer)
@@ -181,6 +182,9 @@ class Trainer:
             clamp_logit_scale(self.clip)
             self.skipped = 0
         else:
+            with torch.no_grad():
+                for live, saved in zip(self.clip.buffers(), buffers):
+                    live.copy_(saved)
             self._skip(loss, grad_norm)
         self.precision.update()
         self.step += 1
@@ -194,7 +198,7 @@ class Trainer:
     def _skip(self, loss: float, grad_norm: float) -> None:
         self.skipped += 1
         self.echo(f"step {self.step + 1}: non-finite {'loss' if not math.isfinite(loss) else 'gradient'} "
-                  f"(loss {loss}, gradient norm {grad_norm}): update skipped, parameters and optimizer state "
+                  f"(loss {loss}, gradient norm {grad_norm}): update skipped, parameters, buffers and optimizer state "
                   f"unchanged ({self.skipped} in a row, limit {self.cfg.run.max_skipped_steps})")
         if self.skipped >= self.cfg.run.max_skipped_steps:
             raise NonFiniteError(f"step {self.step + 1}: {self.skipped} consecutive steps with a non-finite loss or "

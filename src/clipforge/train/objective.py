@@ -31,14 +31,18 @@ class TrainModel(nn.Module):
     exp(logit_scale) and ``bias`` is SigLIP's logit bias (``None`` for the CLIP loss).
     """
 
-    def __init__(self, clip: CLIP, loss: str = "clip"):
+    def __init__(self, clip: CLIP, loss: str = "clip", channels_last: bool = False):
         super().__init__()
         if loss not in LOSSES:
             raise ValueError(f"loss {loss!r}: expected one of {LOSSES}")
-        self.clip, self.loss = clip, loss
+        self.clip, self.loss, self.channels_last = clip, loss, channels_last
+        if channels_last:
+            self.clip.visual.to(memory_format=torch.channels_last)
         self.logit_bias = nn.Parameter(torch.tensor(SIGLIP_INIT_LOGIT_BIAS)) if loss == "siglip" else None
 
     def forward(self, images: torch.Tensor, tokens: torch.Tensor):
+        if self.channels_last:
+            images = images.contiguous(memory_format=torch.channels_last)
         image_features = F.normalize(self.clip.encode_image(images), dim=-1)
         text_features = F.normalize(self.clip.encode_text(tokens), dim=-1)
         return image_features, text_features, self.clip.logit_scale.exp(), self.logit_bias
@@ -48,6 +52,14 @@ class TrainModel(nn.Module):
 
     def encode_text(self, tokens: torch.Tensor) -> torch.Tensor:
         return self.clip.encode_text(tokens)
+
+    @property
+    def config(self):
+        return self.clip.config
+
+    @property
+    def image_size(self) -> int:
+        return self.clip.image_size
 
 
 def upcast(x: torch.Tensor) -> torch.Tensor:

@@ -140,16 +140,16 @@ def clip_gradients(model: nn.Module, max_norm: float | None) -> float:
     FSDP's sharded gradients (DTensors) and the replicated loss scalars are measured separately and
     combined, because one norm computation cannot mix them.
     """
-    grads = [p.grad for p in model.parameters() if p.grad is not None]
-    if not grads:
+    params = [p for p in model.parameters() if p.grad is not None]
+    if not params:
         return 0.0
-    sharded = [g for g in grads if hasattr(g, "full_tensor")]
-    plain = [g for g in grads if not hasattr(g, "full_tensor")]
-    squares = torch.zeros((), dtype=torch.float32, device=grads[0].device)
+    sharded = [p for p in params if hasattr(p.grad, "full_tensor")]
+    plain = [p for p in params if not hasattr(p.grad, "full_tensor")]
+    squares = torch.zeros((), dtype=torch.float32, device=params[0].grad.device)
     if sharded:
-        squares = squares + torch.nn.utils.get_total_norm(sharded).full_tensor().float() ** 2
+        squares = squares + torch.nn.utils.get_total_norm([p.grad for p in sharded]).full_tensor().float() ** 2
     if plain:
-        squares = squares + torch.nn.utils.get_total_norm(plain).float() ** 2
+        squares = squares + torch.nn.utils.get_total_norm([p.grad for p in plain]).float().to(squares.device) ** 2
     total = squares.sqrt()
     if max_norm is not None and math.isfinite(total.item()):
         for group in (sharded, plain):

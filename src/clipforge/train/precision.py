@@ -20,6 +20,7 @@ class PrecisionConfig:
     dtype: str = "fp32"  # "fp32", "bf16" (autocast) or "fp16" (autocast + GradScaler)
     grad_checkpointing: bool = False  # recompute activations in the backward pass
     compile: bool = False  # torch.compile the training forward
+    channels_last: bool = False  # NHWC convolutions (faster for ResNets with oneDNN on CPUs and on tensor cores)
 
 
 class Precision:

@@ -1,0 +1,148 @@
+"""``clipforge demo``: the main job. Generate the synthetic world, learn a BPE vocabulary from its
+captions, train a small CLIP from scratch on it, run the evaluation suite, print a summary.
+
+Everything lands in ``--out`` (default ``runs/demo``): ``world/`` (data), ``train/`` (the run
+directory: config, metrics, checkpoints, ``final/``), ``report/`` (report.json, report.md, plots)
+and ``summary.json``. The recipe is the packaged ``demo.toml`` (``configs/demo.toml`` in the
+repository); ``--set`` overrides its keys, and ``world.<key>`` keys change the world
+(:class:`clipforge.data.world.WorldConfig`).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from importlib import resources
+from pathlib import Path
+
+RECIPE = "demo.toml"
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--out", default="runs/demo", metavar="DIR", help="output directory (default runs/demo)")
+    parser.add_argument("--config", metavar="RECIPE", help="a training recipe instead of the packaged demo.toml")
+    parser.add_argument("--set", metavar="KEY=VALUE", action="append", default=[],
+                        help="override a recipe key (optim.lr=1e-3) or a world key (world.num_train=5000)")
+    parser.add_argument("--suite", default=None, help="evaluation protocols, comma-separated (default: all)")
+    parser.add_argument("--workers", type=int, default=2, help="processes generating the world (default 2)")
+
+
+def recipe_path(config: str | None) -> Path:
+    if config:
+        return Path(config)
+    return Path(str(resources.files("clipforge.train.recipes").joinpath(RECIPE)))
+
+
+def split_overrides(items: list[str]) -> tuple[dict[str, str], dict[str, str]]:
+    """(world overrides, training overrides) from ``key=value`` items."""
+    from clipforge.train.config import parse_overrides
+
+    overrides = parse_overrides(items)
+    world = {k[len("world."):]: v for k, v in overrides.items() if k.startswith("world.")}
+    return world, {k: v for k, v in overrides.items() if not k.startswith("world.")}
+
+
+def world_config(overrides: dict[str, str]):
+    from clipforge.data.world import WorldConfig
+    from clipforge.train.config import _parse_literal, build
+
+    return build(WorldConfig, {k: _parse_literal(v) for k, v in overrides.items()}, "world")
+
+
+def make_world(out: Path, config, workers: int) -> dict:
+    """Generate the world, or reuse one generated before with the same config."""
+    from dataclasses import asdict
+
+    from clipforge.data.synthetic import generate_world
+
+    manifest_path = out / "manifest.json"
+    if manifest_path.is_file():
+        manifest = json.loads(manifest_path.read_text())
+        if manifest.get("config") == json.loads(json.dumps(asdict(config))):
+            print(f"[1/4] world: reusing {out} ({manifest['splits']['train']['num_samples']} training images)")
+            return manifest
+    print(f"[1/4] world: generating {config.num_train} training images and the evaluation sets into {out}")
+    return generate_world(out, config, workers=workers)
+
+
+def training_overrides(out: Path, world_dir: Path, manifest: dict) -> dict[str, str]:
+    """The recipe's paths, pointed at this demo's directories."""
+    sizes = json.loads((world_dir / "train" / "sizes.json").read_text())
+    shards = "::".join(str(world_dir / "train" / name) for name in sorted(sizes))
+    return {"run.out": str(out / "train"), "data.shards": shards,
+            "tokenizer.captions": str(world_dir / "train" / "captions.txt"),
+            "eval.data": str(world_dir / manifest["tasks"]["heldout"]["path"])}
+
+
+def run(args: argparse.Namespace) -> int:
+    from clipforge.train.config import ConfigError, load_config
+
+    start, out = time.perf_counter(), Path(args.out)
+    try:
+        world_overrides, train_overrides = split_overrides(args.set)
+        world = world_config(world_overrides)
+        load_config(recipe_path(args.config), train_overrides)  # check before spending minutes on the world
+    except (ConfigError, FileNotFoundError) as err:
+        print(f"clipforge demo: error: {err}", file=sys.stderr)
+        return 2
+    times = {}
+    manifest = make_world(out / "world", world, args.workers)
+    times["world"] = time.perf_counter() - start
+    config = load_config(recipe_path(args.config), {**training_overrides(out, out / "world", manifest), **train_overrides})
+    summary = train(config)
+    times["train"] = summary["seconds"]
+    report_start = time.perf_counter()
+    report = evaluate(Path(config.run.out) / "final", out / "world", out / "report", args.suite)
+    times["evaluate"] = time.perf_counter() - report_start
+    times["total"] = time.perf_counter() - start
+    write_summary(out, manifest, summary, report, times)
+    return 0
+
+
+def train(config) -> dict:
+    from clipforge.train.distributed import destroy_distributed
+    from clipforge.train.loop import Trainer
+
+    print(f"[2/4] vocabulary and training: {config.run.steps} steps of {config.data.batch_size} pairs, "
+          f"model {config.model.name}, run directory {config.run.out}")
+    try:
+        return Trainer(config).train()
+    finally:
+        destroy_distributed()
+
+
+def evaluate(model_dir: Path, world_dir: Path, report_dir: Path, suite: str | None) -> dict:
+    import clipforge
+    from clipforge.eval import EvalConfig, run_suite
+
+    print(f"[3/4] evaluation suite on {world_dir / 'eval'}")
+    model, preprocess, tokenizer = clipforge.load(model_dir)
+    return run_suite(model, preprocess, tokenizer, world_dir, report_dir, suite, EvalConfig(progress=False),
+                     model_name="clipforge demo")
+
+
+def headline(report: dict) -> dict[str, dict[str, float]]:
+    """Zero-shot top-1 against chance for the in-distribution and held-out tasks."""
+    rows = {}
+    for task, result in report.get("zeroshot", {}).items():
+        if "_shift_" not in task:
+            rows[task] = {"acc1": result["acc1"], "chance": 1.0 / result["num_classes"]}
+    return rows
+
+
+def write_summary(out: Path, manifest: dict, summary: dict, report: dict, times: dict) -> None:
+    rows = headline(report)
+    result = {"zero_shot": rows, "seconds": {k: round(v, 1) for k, v in times.items()},
+              "train": {k: summary[k] for k in ("step", "loss", "samples_per_second")},
+              "heldout_pairs": manifest.get("heldout"), "report": str(out / "report")}
+    (out / "summary.json").write_text(json.dumps(result, indent=2) + "\n")
+    print("[4/4] summary")
+    for task, row in rows.items():
+        print(f"  zero-shot {task:<8} {100 * row['acc1']:5.1f}%  (chance {100 * row['chance']:4.1f}%, "
+              f"{row['acc1'] / row['chance']:.1f}x)")
+    print(f"  time: world {times['world']:.0f} s, training {times['train']:.0f} s "
+          f"({summary['samples_per_second']:.0f} samples/s), evaluation {times['evaluate']:.0f} s, "
+          f"total {times['total']:.0f} s")
+    print(f"  report: {out / 'report' / 'report.md'}; model: {out / 'train' / 'final'}")
