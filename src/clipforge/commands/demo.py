@@ -136,7 +136,7 @@ def write_summary(out: Path, manifest: dict, summary: dict, report: dict, times:
     rows = headline(report)
     result = {"zero_shot": rows, "seconds": {k: round(v, 1) for k, v in times.items()},
               "train": {k: summary[k] for k in ("step", "loss", "samples_per_second")},
-              "heldout_pairs": manifest.get("heldout"), "report": str(out / "report")}
+              "heldout_pairs": manifest.get("heldout_pairs"), "report": str(out / "report")}
     (out / "summary.json").write_text(json.dumps(result, indent=2) + "\n")
     print("[4/4] summary")
     for task, row in rows.items():

@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import os
 import sys
 import typing
 
@@ -73,6 +74,7 @@ def run(args: argparse.Namespace) -> int:
         summary = Trainer(config).train(stop_at=args.stop_at)
     finally:
         destroy_distributed()
-    print(f"done: step {summary['step']}, loss {summary['loss']}, {summary['samples_per_second']:.1f} samples/s, "
-          f"{summary['seconds']:.1f} s")
+    if os.environ.get("RANK", "0") == "0":
+        print(f"done: step {summary['step']}, loss {summary['loss']}, {summary['samples_per_second']:.1f} samples/s, "
+              f"{summary['seconds']:.1f} s")
     return 0
