@@ -23,6 +23,7 @@ from typing import Callable, Sequence
 import torch
 from torch import nn
 
+from clipforge.fastpath import trim_tokens
 from clipforge.train.distributed import sync_replicated_grads, unwrap
 from clipforge.train.loss import Diagnostics
 from clipforge.train.objective import compute_loss, upcast
@@ -53,8 +54,10 @@ def forward_backward(model: nn.Module, micro_batches: Sequence[Batch], loss_kind
 
 
 def _to(batch: Batch, device: torch.device) -> Batch:
+    """The batch on ``device``; tokens cut after the longest caption first (exact: the text tower
+    is causal and read at the end-of-text token), while they are still on the host."""
     images, tokens = batch
-    return images.to(device, non_blocking=True), tokens.to(device, non_blocking=True)
+    return images.to(device, non_blocking=True), trim_tokens(tokens).to(device, non_blocking=True)
 
 
 def _rng_state(device: torch.device) -> tuple[torch.Tensor, torch.Tensor | None]:

@@ -74,13 +74,27 @@ def build_clip(config: TrainConfig, tokenizer: Tokenizer) -> CLIP:
     if section.pretrained:
         from clipforge.api import load
 
-        clip, _, _ = load(section.pretrained, model=None)
+        clip, _, _ = load(section.pretrained, model=None, image_size=section.vision.get("image_size"))
+        clip = _with_changes(clip, section)
         if clip.config.text.vocab_size != tokenizer.vocab_size:
             raise ValueError(f"model.pretrained {section.pretrained}: vocabulary of {clip.config.text.vocab_size} "
                              f"tokens, but the tokenizer has {tokenizer.vocab_size}")
         return clip
     torch.manual_seed(config.run.seed)
     return CLIP(model_config(section, tokenizer.vocab_size))
+
+
+def _with_changes(clip: CLIP, section: ModelSection) -> CLIP:
+    """A pretrained model with the section's runtime changes (patch dropout, activation ...)."""
+    changes = {k: v for k, v in (("vision", section.vision), ("text", section.text)) if v}
+    if not changes:
+        return clip
+    changed = CLIP(clip.config.replace(**changes))
+    try:
+        changed.load_state_dict(clip.state_dict(), strict=True)
+    except RuntimeError as err:
+        raise ValueError(f"model.pretrained {section.pretrained}: the changes {changes} do not fit its weights ({err})") from err
+    return changed
 
 
 def build_loader(config: TrainConfig, image_size: int, tokenizer: Tokenizer, rank: int, world_size: int):

@@ -14,6 +14,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from clipforge import fastpath
 from clipforge.model import CLIP
 from clipforge.train.distributed import gather_features
 from clipforge.train.loss import Diagnostics, clip_loss, siglip_loss
@@ -35,14 +36,12 @@ class TrainModel(nn.Module):
         super().__init__()
         if loss not in LOSSES:
             raise ValueError(f"loss {loss!r}: expected one of {LOSSES}")
-        self.clip, self.loss, self.channels_last = clip, loss, channels_last
+        self.clip, self.loss = clip, loss
         if channels_last:
-            self.clip.visual.to(memory_format=torch.channels_last)
+            fastpath.channels_last(self.clip)  # NHWC ResNet weights; a no-op for a ViT
         self.logit_bias = nn.Parameter(torch.tensor(SIGLIP_INIT_LOGIT_BIAS)) if loss == "siglip" else None
 
     def forward(self, images: torch.Tensor, tokens: torch.Tensor):
-        if self.channels_last:
-            images = images.contiguous(memory_format=torch.channels_last)
         image_features = F.normalize(self.clip.encode_image(images), dim=-1)
         text_features = F.normalize(self.clip.encode_text(tokens), dim=-1)
         return image_features, text_features, self.clip.logit_scale.exp(), self.logit_bias
