@@ -16,7 +16,7 @@ from clipforge.train.logging import read_metrics
 
 QUICK = [
     "world.num_train=4000", "world.shard_size=1000", "world.eval_per_class=10", "world.num_retrieval=20",
-    "run.steps=60", "run.threads=2", "schedule.warmup_steps=10", "checkpoint.every=0", "log.every=10",
+    "run.steps=60", "run.threads=2", "run.max_seconds=none", "schedule.warmup_steps=10", "checkpoint.every=0", "log.every=10",
     "eval.every=30", "eval.max_images=80",
 ]
 

@@ -122,3 +122,11 @@ def test_bf16_autocast_on_cpu_trains_close_to_fp32(tmp_path):
         losses[dtype] = [r["loss"] for r in read_metrics(run / "run")]
     assert losses["bf16"] != losses["fp32"]  # autocast really ran in bf16
     assert losses["bf16"] == pytest.approx(losses["fp32"], rel=0.05)
+
+
+def test_a_spent_time_budget_stops_with_a_checkpoint_and_a_final_model(tmp_path):
+    messages: list[str] = []
+    trainer = _trainer(tmp_path, TensorLoader(4, 4, 530), messages, **{"run.max_seconds": "1e-9"})
+    summary = trainer.train()
+    assert summary["step"] == 1 and any("time budget" in m and "step 1 of 6" in m for m in messages)
+    assert (tmp_path / "run" / "checkpoints" / "step_000001").is_dir() and (tmp_path / "run" / "final").is_dir()

@@ -68,10 +68,10 @@ def make_world(out: Path, config, workers: int) -> dict:
 
 
 def training_overrides(out: Path, world_dir: Path, manifest: dict) -> dict[str, str]:
-    """The recipe's paths, pointed at this demo's directories."""
+    """The recipe's paths, pointed at this demo's directories; an interrupted demo continues."""
     sizes = json.loads((world_dir / "train" / "sizes.json").read_text())
     shards = "::".join(str(world_dir / "train" / name) for name in sorted(sizes))
-    return {"run.out": str(out / "train"), "data.shards": shards,
+    return {"run.out": str(out / "train"), "checkpoint.resume": "latest", "data.shards": shards,
             "tokenizer.captions": str(world_dir / "train" / "captions.txt"),
             "eval.data": str(world_dir / manifest["tasks"]["heldout"]["path"])}
 

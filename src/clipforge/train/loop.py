@@ -20,7 +20,7 @@ from clipforge.train.accumulate import forward_backward
 from clipforge.train.build import build_clip, build_loader, build_tokenizer, model_config, total_steps
 from clipforge.train.config import TokenizerSection, TrainConfig
 from clipforge.train.distributed import (
-    all_reduce_mean, barrier, gather_objects, init_distributed, is_fsdp, unwrap, wrap_model,
+    all_reduce_mean, barrier, broadcast_object, gather_objects, init_distributed, is_fsdp, unwrap, wrap_model,
 )
 from clipforge.train.logging import MetricsLog, Progress
 from clipforge.train.objective import TrainModel
@@ -76,6 +76,9 @@ class Trainer:
     # ---- setup ------------------------------------------------------------------------------------
 
     def _prepare_run_dir(self) -> None:
+        if not self.cfg.checkpoint.resume and ckpt.list_checkpoints(self.run_dir):
+            raise ValueError(f"run directory {self.run_dir} already holds checkpoints: resume it (--resume latest) "
+                             "or choose another run.out (--out)")
         if self.info.is_main:
             self.run_dir.mkdir(parents=True, exist_ok=True)
             self.cfg.save(self.run_dir / "train_config.json")
@@ -135,15 +138,27 @@ class Trainer:
                 self._evaluate()
             if self._due(self.cfg.checkpoint.every):
                 self._checkpoint()
+            if self._out_of_time(start):
+                break
         if not self._due(self.cfg.checkpoint.every) and self.step > first:
             self._checkpoint()
-        if self.step >= self.total_steps:
+        if self.step >= self.total_steps or self.step < end:  # finished, or the time budget ran out
             self._save_final()
         self.metrics.close()
         elapsed = time.perf_counter() - start
         samples = (self.step - first) * self.progress.samples_per_step
         return {"step": self.step, "loss": record.get("loss"), "seconds": elapsed,
                 "samples_per_second": samples / elapsed if elapsed > 0 else float("nan")}
+
+    def _out_of_time(self, start: float) -> bool:
+        """True once run.max_seconds have passed (rank 0's clock decides for every rank)."""
+        budget = self.cfg.run.max_seconds
+        if budget is None:
+            return False
+        spent = bool(broadcast_object(time.perf_counter() - start > budget))
+        if spent:
+            self.echo(f"time budget of {budget:.0f} s spent: stopping at step {self.step} of {self.total_steps}")
+        return spent
 
     def _due(self, every: int) -> bool:
         return every > 0 and self.step % every == 0
