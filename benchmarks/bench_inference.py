@@ -34,6 +34,7 @@ def run_encode_workload(model_name: str, tower: str, variant: str, batch: int, d
     """Build, warm up and time one encode workload in this process; returns its record."""
     impl, opts = split_variant(variant)
     workloads.peer_available(impl)
+    workloads.preload()
     if "compile" in opts:
         torch._dynamo.reset()
     config = workloads.get_config(model_name)

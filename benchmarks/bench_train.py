@@ -38,7 +38,8 @@ def run_train_workload(model_name: str, variant: str, batch: int, device: str, a
     built (the peer's imports, e.g. torchvision, are loaded before that baseline).
     """
     impl, opts = split_variant(variant)
-    workloads.peer_available(impl)  # import the peer's package before the memory baseline
+    workloads.peer_available(impl)
+    workloads.preload()  # import the peer's package before the memory baseline
     if "compile" in opts:
         torch._dynamo.reset()  # a fresh compile per workload: no recompile-limit fallbacks to eager
     config = workloads.get_config(model_name)

@@ -142,11 +142,18 @@ def _proc_status_kib(field: str) -> float:
 
 
 # --------------------------------------------------------------------------------------- isolation
-def run_isolated(script: Path, args: list[str], timeout: float | None = None) -> dict[str, Any]:
+# glibc's mmap threshold grows with the allocation history, so a freed block may stay resident or not
+# from run to run; a fixed threshold returns every large block at once and makes the RSS peak
+# track the live tensors (runs measured ±50 MB apart become identical to the MB).
+MEMORY_ENV = {"MALLOC_MMAP_THRESHOLD_": "65536"}
+
+
+def run_isolated(script: Path, args: list[str], timeout: float | None = None,
+                 env: dict[str, str] | None = None) -> dict[str, Any]:
     """Run ``script --worker ARGS`` in a fresh interpreter; its last stdout line is a JSON record."""
     cmd = [sys.executable, str(script), "--worker", *args]
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout,
-                          env={**os.environ, "PYTHONUNBUFFERED": "1"})
+                          env={**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})})
     if proc.returncode != 0:
         tail = (proc.stderr or proc.stdout).strip().splitlines()[-15:]
         return {"error": f"worker exited {proc.returncode}: " + " | ".join(tail)}
@@ -165,6 +172,13 @@ def run_rounds(script: Path, worker_args: list[str], variants: list[str], rounds
     is reset per run). One failing variant never loses the others' numbers.
     """
     records = []
+    if isolate:  # one short run per variant for the memory figure (see MEMORY_ENV), not timed
+        for variant in variants:
+            log(f"{label} {variant} memory run")
+            rec = run_isolated(script, [*_short(worker_args), "--variant", variant], env=MEMORY_ENV)
+            rec.update(variant=variant, memory_only=True)
+            log(f"  peak {rec.get('peak_mib', float('nan')):,.0f} MiB" if "error" not in rec else f"  {rec['error'][-300:]}")
+            records.append(rec)
     for r in range(rounds):
         for variant in variants:
             log(f"{label} {variant} round {r + 1}/{rounds}")
@@ -184,6 +198,15 @@ def run_rounds(script: Path, worker_args: list[str], variants: list[str], rounds
     return records
 
 
+def _short(worker_args: list[str]) -> list[str]:
+    """The worker arguments with one warm-up step and one timed step."""
+    out = list(worker_args)
+    for flag, value in (("--warmup", "1"), ("--iters", "1")):
+        if flag in out:
+            out[out.index(flag) + 1] = value
+    return out
+
+
 def summarise(records: list[dict[str, Any]], keys: tuple[str, ...], peak_tflops: float | None,
               flops_of: Callable[[dict[str, Any]], float | None]) -> list[dict[str, Any]]:
     """One row per (model, variant): median samples/s over every timed iteration of every round,
@@ -198,12 +221,17 @@ def summarise(records: list[dict[str, Any]], keys: tuple[str, ...], peak_tflops:
         row = rows.get(key)
         if row is None or "error" in row:
             row = rows[key] = {**{k: rec[k] for k in keys if k in rec}, "times_s": [], "peak_mib": 0.0}
+        if rec.get("memory_only"):
+            row["memory_run_peak_mib"] = rec["peak_mib"]
+            continue
         row["times_s"] += rec["times_s"]
         row["peak_mib"] = max(row["peak_mib"], rec["peak_mib"])
     out = list(rows.values())
     for row in out:
-        if "error" in row:
+        if "error" in row or not row["times_s"]:
             continue
+        if "memory_run_peak_mib" in row:  # the reproducible figure; the timed runs' peak stays in the JSON
+            row["timed_runs_peak_mib"], row["peak_mib"] = row["peak_mib"], row.pop("memory_run_peak_mib")
         row["samples_per_s"] = row["batch"] / median(row["times_s"])
         flops = flops_of(row)
         if flops:

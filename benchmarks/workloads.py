@@ -13,6 +13,7 @@ Fast-path options for ``ours`` (``opts``, a set of strings):
   ``fused``  AdamW(fused=True) (default foreach)
   ``compile`` torch.compile of the model+loss forward (its backward is compiled with it)
   ``fold``   inference only: BatchNorm folded into the convolutions
+  ``freeze`` inference with ``compile``: inductor freezing (weights as constants, pre-packed on CPU)
 Peers take ``compile`` too (torch.compile(model), as open_clip's --torchcompile does).
 
 Data: random images and token rows of realistic caption lengths (SOT + 6..23 ids + EOT = 8..25
@@ -40,6 +41,15 @@ WEIGHT_DECAY = 0.2
 OPEN_CLIP_NAMES = {"RN50": "RN50-quickgelu", "RN101": "RN101-quickgelu", "ViT-B/32": "ViT-B-32-quickgelu",
                    "ViT-B/16": "ViT-B-16-quickgelu", "ViT-L/14": "ViT-L-14-quickgelu",
                    "ViT-L/14@336px": "ViT-L-14-336-quickgelu"}
+
+
+def preload() -> None:
+    """Import what the first optimizer / compile pulls in lazily (torch._dynamo, ~150 MB of RSS),
+    so that a CPU peak-memory baseline taken after this counts the workload, not the imports.
+    (open_clip imports torch._dynamo itself; without this our first AdamW would carry that cost.)"""
+    import torch._dynamo  # noqa: F401
+
+    torch.optim.AdamW([nn.Parameter(torch.zeros(1))])
 
 
 def peer_available(impl: str) -> bool:
@@ -192,7 +202,8 @@ def make_encoder(impl: str, model: nn.Module, tower: str, amp: torch.dtype | Non
         model.to(amp)
     if impl == "ours":
         model = optimize_for_inference(model, InferenceOptions(
-            fold_batchnorm="fold" in opts, channels_last="cl" in opts, compile="compile" in opts), inplace=True)
+            fold_batchnorm="fold" in opts, channels_last="cl" in opts, compile="compile" in opts,
+            freeze="freeze" in opts), inplace=True)
     if impl == "hf":
         fn = model.get_image_features if tower == "image" else model.get_text_features
     else:
@@ -219,7 +230,7 @@ def describe(impl: str, opts: frozenset[str]) -> str:
 
 
 def parse_opts(text: str) -> frozenset[str]:
-    known = {"trim", "cl", "fused", "compile", "fold"}
+    known = {"trim", "cl", "fused", "compile", "fold", "freeze"}
     opts = frozenset(o for o in text.split(",") if o)
     if opts - known:
         raise ValueError(f"unknown option(s) {sorted(opts - known)}; known: {sorted(known)}")

@@ -110,6 +110,8 @@ class InferenceOptions:
     channels_last: bool = True
     compile: bool = False
     compile_mode: str | None = None  # e.g. "max-autotune" on a GPU
+    # CPU: inductor "freezing" turns the weights into constants and pre-packs them for oneDNN.
+    freeze: bool = False
 
 
 def optimize_for_inference(model: nn.Module, options: InferenceOptions = InferenceOptions(),
@@ -130,9 +132,10 @@ def optimize_for_inference(model: nn.Module, options: InferenceOptions = Inferen
     if options.channels_last:
         channels_last(fast)
     if options.compile:
+        kwargs = {"options": {"freezing": True}} if options.freeze else {"mode": options.compile_mode}
         visual = getattr(fast, "visual", None)
         if visual is not None:
-            fast.visual = torch.compile(visual, mode=options.compile_mode)
+            fast.visual = torch.compile(visual, **kwargs)
         if getattr(fast, "transformer", None) is not None:
-            fast.transformer = torch.compile(fast.transformer, mode=options.compile_mode)
+            fast.transformer = torch.compile(fast.transformer, **kwargs)
     return fast
