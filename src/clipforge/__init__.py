@@ -12,7 +12,9 @@ from clipforge import registry, zeroshot
 from clipforge.api import load, save
 from clipforge.checkpoint import CheckpointError
 from clipforge.factory import create_model
+from clipforge.fastpath import InferenceOptions, optimize_for_inference, trim_tokens
 from clipforge.registry import available_models
 from clipforge.tokenizer import Tokenizer, tokenize
 
-__all__ = ["available_models", "create_model", "load", "save", "tokenize", "Tokenizer", "CheckpointError", "registry", "zeroshot"]
+__all__ = ["available_models", "create_model", "load", "save", "tokenize", "Tokenizer", "CheckpointError", "registry", "zeroshot",
+           "InferenceOptions", "optimize_for_inference", "trim_tokens"]
