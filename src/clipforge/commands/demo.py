@@ -142,7 +142,7 @@ def write_summary(out: Path, manifest: dict, summary: dict, report: dict, times:
     for task, row in rows.items():
         print(f"  zero-shot {task:<8} {100 * row['acc1']:5.1f}%  (chance {100 * row['chance']:4.1f}%, "
               f"{row['acc1'] / row['chance']:.1f}x)")
-    print(f"  time: world {times['world']:.0f} s, training {times['train']:.0f} s "
-          f"({summary['samples_per_second']:.0f} samples/s), evaluation {times['evaluate']:.0f} s, "
+    print(f"  time: world {times['world']:.0f} s, training {times['train']:.0f} s ({summary['step']} steps, "
+          f"{summary['samples_per_second']:.0f} samples/s), evaluation {times['evaluate']:.0f} s, "
           f"total {times['total']:.0f} s")
     print(f"  report: {out / 'report' / 'report.md'}; model: {out / 'train' / 'final'}")
