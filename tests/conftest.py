@@ -19,3 +19,14 @@ def reference_dir() -> Path:
             pytrace=False,
         )
     return REFERENCE_DIR
+
+
+@pytest.fixture
+def one_thread():
+    """Tiny models run fastest on one thread, and the CI machine's two cores are shared."""
+    import torch
+
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(previous)

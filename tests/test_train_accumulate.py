@@ -14,13 +14,7 @@ from clipforge.train.objective import TrainModel, compute_loss
 SMALL_TEXT = {"vocab_size": 500, "context_length": 12}
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Tiny models run fastest on one thread, and the CI machine's two cores are shared."""
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _model(name: str, loss: str = "clip", **vision) -> TrainModel:

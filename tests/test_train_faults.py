@@ -51,12 +51,7 @@ class TensorLoader:
         self.epoch, self.position = state["epoch"], state["position"]
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _trainer(tmp_path, loader: TensorLoader, messages: list[str], **changes) -> Trainer:
