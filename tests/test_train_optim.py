@@ -97,8 +97,27 @@ def test_gradient_norm_and_clipping():
     model.weight.grad = torch.full((2, 3), 2.0)
     model.bias.grad = torch.zeros(2)
     norm = clip_gradients(model, None)
-    assert norm == pytest.approx(math.sqrt(6 * 4))
-    assert clip_gradients(model, 1.0) == pytest.approx(norm)
+    assert isinstance(norm, torch.Tensor) and norm.dim() == 0 and norm.dtype == torch.float32
+    assert norm.item() == pytest.approx(math.sqrt(6 * 4))
+    assert torch.equal(model.weight.grad, torch.full((2, 3), 2.0))  # no clipping asked for
+    assert clip_gradients(model, 1.0).item() == pytest.approx(norm.item())  # the norm before clipping
     assert torch.linalg.vector_norm(model.weight.grad).item() == pytest.approx(1.0, rel=1e-5)
-    model.bias.grad = torch.tensor([float("inf"), 0.0])
-    assert math.isinf(clip_gradients(model, 1.0))
+
+
+@pytest.mark.parametrize("bad", [float("inf"), float("nan")])
+def test_a_non_finite_gradient_gives_a_non_finite_norm_with_or_without_clipping(bad):
+    """No host read guards the clipping: a non-finite norm must stay non-finite (so the trainer skips)."""
+    model = torch.nn.Linear(3, 2)
+    for max_norm in (None, 1.0):
+        model.weight.grad = torch.full((2, 3), 2.0)
+        model.bias.grad = torch.tensor([bad, 0.0])
+        norm = clip_gradients(model, max_norm)
+        assert not math.isfinite(norm.item())
+        assert not math.isfinite(clip_gradients(model, None).item())  # and the clipped gradients too
+
+
+def test_fused_adamw_is_an_option():
+    model = TrainModel(create_model("tiny-rn", **SMALL))
+    assert build_optimizer(model, OptimConfig(), "resnet").defaults["foreach"] is True
+    fused = build_optimizer(model, OptimConfig(fused=True), "resnet")
+    assert fused.defaults["fused"] is True and not fused.defaults["foreach"]

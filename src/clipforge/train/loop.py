@@ -183,15 +183,23 @@ class Trainer:
         return lr
 
     def _optimizer_step(self, batches, lr: float) -> dict[str, Any]:
-        """Gradients, checks, update. A NaN/Inf loss or gradient skips the update entirely."""
+        """Gradients, checks, update. A NaN/Inf loss or gradient skips the update entirely.
+
+        The step reads the device once (:meth:`_read_scalars`): whether to update depends on the
+        loss and gradient being finite, so that one read is unavoidable; everything else the record
+        needs travels with it.
+        """
         self.optimizer.zero_grad(set_to_none=True)
         buffers = [b.detach().clone() for b in self.clip.buffers()]  # BatchNorm statistics of a bad batch are undone
         loss, diagnostics = forward_backward(self.model, batches, self.cfg.run.loss, self.info.device,
                                              self.precision.autocast, self.precision.scale)
         self.precision.unscale(self.optimizer)
+        # The norm is also the gradient finiteness check (a NaN/Inf anywhere makes it non-finite),
+        # so it is needed every step, clipping or not.
         grad_norm = clip_gradients(self.model, self.cfg.optim.clip_grad_norm)
-        loss = all_reduce_mean(loss.float()).item()
-        finite = math.isfinite(loss) and math.isfinite(grad_norm)
+        scalars = self._read_scalars(loss, grad_norm, diagnostics)
+        loss_value, norm_value = scalars.pop("loss"), scalars.pop("grad_norm")
+        finite = math.isfinite(loss_value) and math.isfinite(norm_value)
         if finite:
             self.precision.step(self.optimizer)
             clamp_logit_scale(self.clip)
@@ -200,15 +208,26 @@ class Trainer:
             with torch.no_grad():
                 for live, saved in zip(self.clip.buffers(), buffers):
                     live.copy_(saved)
-            self._skip(loss, grad_norm)
+            self._skip(loss_value, norm_value)
         self.precision.update()
         self.step += 1
-        record = {"kind": "train", "step": self.step, "epoch": self.epoch, "loss": loss, "loss_hex": float(loss).hex(),
-                  "lr": lr, "grad_norm": grad_norm, "skipped": not finite}
-        for name, value in diagnostics.items():
-            record[name] = all_reduce_mean(value.float()).item()
-        record["logit_scale"] = float(self.clip.logit_scale.detach().exp())
-        return record
+        # logit_scale (a diagnostic) is the temperature this step's loss was computed with, i.e. the
+        # value before this step's update (the previous step's value after its update).
+        return {"kind": "train", "step": self.step, "epoch": self.epoch, "loss": loss_value,
+                "loss_hex": loss_value.hex(), "lr": lr, "grad_norm": norm_value, "skipped": not finite, **scalars}
+
+    def _read_scalars(self, loss: torch.Tensor, grad_norm: torch.Tensor,
+                      diagnostics: dict[str, torch.Tensor]) -> dict[str, float]:
+        """The step's scalars as Python floats with one collective and one device-to-host read.
+
+        ``loss`` and the 0-dim ``diagnostics`` are averaged over ranks in one all-reduce (stacked);
+        ``grad_norm`` is global already. Every read is a queue stall on a GPU, hence the one ``tolist``.
+        """
+        names = list(diagnostics)
+        local = torch.stack([loss.float(), *(diagnostics[name].detach().float() for name in names)])
+        reduced = all_reduce_mean(local)
+        values = torch.cat([reduced, grad_norm.detach().float().reshape(1).to(reduced.device)]).tolist()
+        return {"loss": values[0], **dict(zip(names, values[1:-1])), "grad_norm": values[-1]}
 
     def _skip(self, loss: float, grad_norm: float) -> None:
         self.skipped += 1

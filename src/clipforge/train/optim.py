@@ -28,6 +28,7 @@ class OptimConfig:
     lock_image_unlocked_groups: int = 0  # ... but its last n layer groups
     lock_text: bool = False
     lock_text_unlocked_layers: int = 0
+    fused: bool = False  # one fused AdamW kernel per step (CPU and CUDA) instead of the foreach kernels
 
 
 @dataclass(frozen=True)
@@ -63,8 +64,10 @@ def build_optimizer(model: nn.Module, cfg: OptimConfig, family: str) -> torch.op
     groups = [g for g in param_groups(model, cfg.weight_decay) if g["params"]]
     if not groups:
         raise ValueError("no trainable parameters: both towers and every parameter are locked")
-    # foreach keeps the arithmetic order fixed from run to run (bitwise-exact resume).
-    return torch.optim.AdamW(groups, lr=cfg.lr, betas=(cfg.beta1, beta2), eps=eps, foreach=True)
+    # Both implementations keep the arithmetic order fixed from run to run (bitwise-exact resume);
+    # fused also takes GradScaler's overflow flag on the device instead of reading it to the host.
+    kind = {"fused": True} if cfg.fused else {"foreach": True}
+    return torch.optim.AdamW(groups, lr=cfg.lr, betas=(cfg.beta1, beta2), eps=eps, **kind)
 
 
 def learning_rate(step: int, base_lr: float, total_steps: int, cfg: ScheduleConfig) -> float:
@@ -134,15 +137,18 @@ def apply_locks(clip: nn.Module, cfg: OptimConfig) -> list[nn.Module]:
     return frozen
 
 
-def clip_gradients(model: nn.Module, max_norm: float | None) -> float:
-    """The global gradient norm (over ranks and shards), clipping to ``max_norm`` when given.
+def clip_gradients(model: nn.Module, max_norm: float | None) -> torch.Tensor:
+    """The global gradient norm (over ranks and shards), a 0-dim float32 tensor on the gradients'
+    device, clipping to ``max_norm`` when given. Nothing is read to the host.
 
+    A non-finite norm is not special-cased (that would need a read): clipping then scales the
+    gradients by 0 or NaN, which leaves the norm non-finite, and the trainer skips the update.
     FSDP's sharded gradients (DTensors) and the replicated loss scalars are measured separately and
     combined, because one norm computation cannot mix them.
     """
     params = [p for p in model.parameters() if p.grad is not None]
     if not params:
-        return 0.0
+        return torch.zeros((), dtype=torch.float32, device=next(model.parameters()).device)
     sharded = [p for p in params if hasattr(p.grad, "full_tensor")]
     plain = [p for p in params if not hasattr(p.grad, "full_tensor")]
     squares = torch.zeros((), dtype=torch.float32, device=params[0].grad.device)
@@ -151,8 +157,8 @@ def clip_gradients(model: nn.Module, max_norm: float | None) -> float:
     if plain:
         squares = squares + torch.nn.utils.get_total_norm([p.grad for p in plain]).float().to(squares.device) ** 2
     total = squares.sqrt()
-    if max_norm is not None and math.isfinite(total.item()):
+    if max_norm is not None:
         for group in (sharded, plain):
             if group:
                 torch.nn.utils.clip_grads_with_norm_(group, max_norm, total)
-    return float(total.item())
+    return total
