@@ -11,7 +11,7 @@ import torch
 from torch import nn
 
 from clipforge.config import TextConfig
-from clipforge.model.layers import Transformer
+from clipforge.model.layers import Transformer, cpu_chunk
 
 
 class TextTower:
@@ -22,6 +22,8 @@ class TextTower:
     transformer: Transformer
     ln_final: nn.LayerNorm
     text_projection: nn.Parameter
+    # Token rows per piece for a CPU forward without autograd (see ``cpu_chunk``); None: one piece.
+    inference_chunk_rows: int | None = 1024
 
     def _build_text(self, cfg: TextConfig, output_dim: int) -> None:
         self.context_length, self.vocab_size = cfg.context_length, cfg.vocab_size
@@ -50,11 +52,16 @@ class TextTower:
         length = tokens.shape[1]
         if length > self.context_length:
             raise ValueError(f"token sequences of length {length} exceed the context length {self.context_length}")
+        per = cpu_chunk(self, tokens.shape[0], length, self.positional_embedding)
+        if per is not None:
+            return torch.cat([self._encode_text(piece) for piece in tokens.split(per)])
+        return self._encode_text(tokens)
+
+    def _encode_text(self, tokens: torch.Tensor) -> torch.Tensor:
+        length = tokens.shape[1]
         x = self.token_embedding(tokens) + self.positional_embedding[:length]  # [N, L, W]
-        x = self.transformer(x)
-        x = self.ln_final(x)
-        eot = x[torch.arange(x.shape[0], device=x.device), tokens.argmax(dim=-1)]  # [N, W]
-        return eot @ self.text_projection
+        x = self.transformer(x, index=tokens.argmax(dim=-1))  # the end-of-text token's output, [N, W]
+        return self.ln_final(x) @ self.text_projection
 
 
 class TextTransformer(TextTower, nn.Module):

@@ -10,7 +10,7 @@ import torch
 from torch import nn
 
 from clipforge.config import VisionConfig
-from clipforge.model.layers import Transformer
+from clipforge.model.layers import Transformer, cpu_chunk
 
 
 class VisionTransformer(nn.Module):
@@ -30,8 +30,18 @@ class VisionTransformer(nn.Module):
         self.ln_post = nn.LayerNorm(width)
         self.proj = nn.Parameter(scale * torch.randn(width, output_dim))
 
+    # Token rows per piece for a CPU forward without autograd (see ``cpu_chunk``); None: one piece.
+    inference_chunk_rows: int | None = 1024
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """Images [N, 3, S, S] → projected features [N, output_dim]."""
+        tokens = (x.shape[-1] // self.patch_size) ** 2 + 1
+        per = cpu_chunk(self, x.shape[0], tokens, x)
+        if per is not None:
+            return torch.cat([self._forward(piece) for piece in x.split(per)])
+        return self._forward(x)
+
+    def _forward(self, x: torch.Tensor) -> torch.Tensor:
         x = self.conv1(x)  # [N, W, G, G]
         x = x.flatten(2).transpose(1, 2)  # [N, G*G, W]
         cls = self.class_embedding.to(x.dtype).expand(x.shape[0], 1, -1)  # [N, 1, W]
@@ -39,9 +49,8 @@ class VisionTransformer(nn.Module):
         if self.training and self.patch_dropout > 0:
             x = self._drop_patches(x)
         x = self.ln_pre(x)
-        x = self.transformer(x)
-        x = self.ln_post(x[:, 0, :])  # the class token, [N, W]
-        return x @ self.proj
+        x = self.transformer(x, index=0)  # the class token's output, [N, W]
+        return self.ln_post(x) @ self.proj
 
     def _drop_patches(self, x: torch.Tensor) -> torch.Tensor:
         """FLIP (Li et al. 2023): keep a random subset of patch tokens per image; the class token stays."""
