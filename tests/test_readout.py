@@ -142,3 +142,18 @@ def test_resnet_pieces_and_training_mode_runs_whole():
         model.train()  # BatchNorm uses batch statistics: pieces would change them
         model.encode_image(images)
     assert calls == [5]
+
+
+def test_compiled_inference_keeps_keys_and_features():
+    """``optimize_for_inference(compile=True)`` compiles the per-piece forwards; pieces stay outside."""
+    torch.manual_seed(0)
+    model = clipforge.create_model("tiny-vit", text={"vocab_size": 500}).eval()
+    images = torch.randn(6, 3, model.image_size, model.image_size)
+    tokens = torch.randint(1, 499, (6, 10))
+    tokens[:, 0], tokens[:, -1] = 498, 499
+    fast = clipforge.optimize_for_inference(model, clipforge.InferenceOptions(compile=True))
+    fast.visual.inference_chunk_rows = 4 * ((model.image_size // model.visual.patch_size) ** 2 + 1)  # 4 + 2
+    assert list(fast.state_dict()) == list(model.state_dict())
+    with torch.inference_mode():
+        torch.testing.assert_close(fast.encode_image(images), model.encode_image(images), rtol=1e-5, atol=1e-5)
+        torch.testing.assert_close(fast.encode_text(tokens), model.encode_text(tokens), rtol=1e-5, atol=1e-5)

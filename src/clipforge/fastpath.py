@@ -12,6 +12,10 @@ Each one is optional and measured in ``benchmarks/`` (see ``benchmarks/results/`
 * ``fold_batchnorm``: for inference, fold each eval-mode BatchNorm into the convolution before it.
 * ``optimize_for_inference``: the above for an eval-mode model, optionally ``torch.compile``.
 
+The towers themselves skip work nobody reads (the last block computes only the class / end-of-text
+token) and, on a CPU in eval mode without autograd, run a batch in cache-sized pieces
+(``clipforge.model.layers.cpu_chunk``; ``inference_chunk_rows`` on each tower, None turns it off).
+
 This module is part of the library layer: it imports nothing from data/, train/, eval/ or serve/.
 """
 
@@ -132,10 +136,19 @@ def optimize_for_inference(model: nn.Module, options: InferenceOptions = Inferen
     if options.channels_last:
         channels_last(fast)
     if options.compile:
-        kwargs = {"options": {"freezing": True}} if options.freeze else {"mode": options.compile_mode}
-        visual = getattr(fast, "visual", None)
-        if visual is not None:
-            fast.visual = torch.compile(visual, **kwargs)
-        if getattr(fast, "transformer", None) is not None:
-            fast.transformer = torch.compile(fast.transformer, **kwargs)
+        _compile_towers(fast, {"options": {"freezing": True}} if options.freeze else {"mode": options.compile_mode})
     return fast
+
+
+def _compile_towers(model: nn.Module, kwargs: dict) -> None:
+    """Compile each tower's per-piece forward (``_forward`` / ``_encode_text``), in place.
+
+    The pieces a CPU batch is split into (``cpu_chunk``) stay outside the compiled graph, so the
+    compiled code runs on cache-sized pieces too; the modules and their state_dict keys are unchanged
+    (compiling the module itself would prefix every key with ``_orig_mod.``).
+    """
+    visual = getattr(model, "visual", None)
+    if visual is not None and hasattr(visual, "_forward"):
+        visual._forward = torch.compile(visual._forward, **kwargs)
+    if hasattr(model, "_encode_text"):
+        model._encode_text = torch.compile(model._encode_text, **kwargs)
