@@ -122,7 +122,7 @@ def main(argv: list[str] | None = None) -> int:
     notes = [f"skipped (not importable here): {', '.join(skipped)}"] if skipped else []
     notes.append("peak_mib: CUDA max_memory_allocated; CPU peak RSS above the RSS before the model was built")
     notes.append(f"matmul peak {peak['tflops']:.3f} TFLOP/s ({peak['dtype']} {peak['size']}³)")
-    cols = ["workload", "model", "variant", "batch", "dtype", "token_length", "samples_per_s", "speedup", "peak_mib",
+    cols = ["workload", "model", "variant", "batch", "dtype", "token_length", "samples_per_s", "speedup", "speedup_rounds", "peak_mib",
             "mem_ratio", "gflop_per_sample", "tflops", "utilisation"]
     json_path, md_path = common.write_results(args.name, env, rows, cols, notes, args.out)
     print(common.markdown_table(rows, cols))

@@ -126,7 +126,7 @@ def main(argv: list[str] | None = None) -> int:
     notes.append("peak_mib: CUDA max_memory_allocated; CPU peak RSS (VmHWM) above the RSS before the model "
                  "was built, one fresh process per run. speedup/mem_ratio: vs the row named in 'vs' (JSON)")
     notes.append(f"matmul peak {peak['tflops']:.3f} TFLOP/s ({peak['dtype']} {peak['size']}³)")
-    cols = ["model", "variant", "batch", "dtype", "token_length", "samples_per_s", "speedup", "peak_mib",
+    cols = ["model", "variant", "batch", "dtype", "token_length", "samples_per_s", "speedup", "speedup_rounds", "peak_mib",
             "mem_ratio", "gflop_per_sample", "tflops", "utilisation"]
     json_path, md_path = common.write_results(args.name, env, rows, cols, notes, args.out)
     print(common.markdown_table(rows, cols))

@@ -190,6 +190,7 @@ def run_rounds(script: Path, worker_args: list[str], variants: list[str], rounds
                 except Exception as exc:  # noqa: BLE001
                     rec = {"error": f"{type(exc).__name__}: {exc}"}
             rec.setdefault("variant", variant)
+            rec["round"] = r
             if "error" in rec:
                 log(f"  error: {rec['error'][-400:]}")
             else:
@@ -211,7 +212,8 @@ def summarise(records: list[dict[str, Any]], keys: tuple[str, ...], peak_tflops:
               flops_of: Callable[[dict[str, Any]], float | None]) -> list[dict[str, Any]]:
     """One row per (model, variant): median samples/s over every timed iteration of every round,
     the largest peak memory, FLOP/s and utilisation (``flops_of(row)`` = FLOPs per sample), and the
-    ratio to the model's plain open_clip row (else the plain ``ours:`` row)."""
+    ratio to the model's plain open_clip row (else the plain ``ours:`` row): of the medians
+    (``speedup``) and, per round, median (min–max) (``speedup_rounds``)."""
     rows: dict[tuple[str, str], dict[str, Any]] = {}
     for rec in records:
         key = (rec.get("model"), rec["variant"])
@@ -225,6 +227,7 @@ def summarise(records: list[dict[str, Any]], keys: tuple[str, ...], peak_tflops:
             row["memory_run_peak_mib"] = rec["peak_mib"]
             continue
         row["times_s"] += rec["times_s"]
+        row.setdefault("round_rates", {})[rec.get("round", 0)] = rec["batch"] / median(rec["times_s"])
         row["peak_mib"] = max(row["peak_mib"], rec["peak_mib"])
     out = list(rows.values())
     for row in out:
@@ -245,6 +248,11 @@ def summarise(records: list[dict[str, Any]], keys: tuple[str, ...], peak_tflops:
         if base and "samples_per_s" in row:
             row["vs"] = base["variant"]
             row["speedup"] = row["samples_per_s"] / base["samples_per_s"]
+            # Per round (both ran within minutes of each other): robust to the machine's drift.
+            per_round = sorted(rate / base["round_rates"][r] for r, rate in row.get("round_rates", {}).items()
+                               if r in base.get("round_rates", {}))
+            if per_round:
+                row["speedup_rounds"] = f"{median(per_round):.2f} ({per_round[0]:.2f}–{per_round[-1]:.2f})"
             row["mem_ratio"] = row["peak_mib"] / base["peak_mib"] if base["peak_mib"] else None
     return out
 
