@@ -20,9 +20,9 @@ def cpu_chunk(module: nn.Module, batch: int, tokens: int, x: torch.Tensor) -> in
     A tower's activations for ``module.inference_chunk_rows`` token rows (≈ 1024 × width floats)
     stay in the CPU's caches from one layer to the next, and the largest tensors stay below glibc's
     mmap threshold (32 MiB), so their memory is reused instead of page-faulted in afresh by every
-    layer: on 2 cores ViT-B/32's ``encode_image`` (batch 64) runs ~1.1× faster in pieces of 20
-    images, RN50's ~1.3× in pieces of 2, with less peak memory. Rows are independent in eval mode,
-    so the outputs are the same. ``None``: one piece (training mode, whose BatchNorm statistics and
+    layer (see ``_settle_glibc_heap``): on 2 cores ViT-B/32's ``encode_image`` (batch 64) runs ~1.1×
+    faster in pieces of 20 images, RN50's ~1.3× in pieces of 2, with less peak memory. Rows are
+    independent in eval mode, so the outputs are the same. ``None``: one piece (training mode, whose BatchNorm statistics and
     patch dropout see the whole batch; autograd on; not a CPU tensor; inside ``torch.compile``;
     chunking off; or the batch is small already).
     """
@@ -30,8 +30,29 @@ def cpu_chunk(module: nn.Module, batch: int, tokens: int, x: torch.Tensor) -> in
     if (rows is None or module.training or torch.is_grad_enabled() or x.device.type != "cpu"
             or torch.compiler.is_compiling()):
         return None
+    _settle_glibc_heap()
     per = max(1, rows // max(1, tokens))
     return per if per < batch else None
+
+
+_HEAP_SETTLED = False
+
+
+def _settle_glibc_heap() -> None:
+    """Allocate and free one 30 MiB block, once per process.
+
+    glibc's malloc returns every block above its mmap threshold (128 KiB at start) to the OS when it
+    is freed, so each layer's activations are page-faulted in afresh, until the program frees one
+    large block: the threshold then rises to that block's size (at most 32 MiB) and the heap keeps
+    up to twice that of freed memory (mallopt(3), "dynamic mmap threshold"). Doing that once up
+    front puts the pieces (all below 30 MiB) on the heap from the first call: on 2 cores demo-rn's
+    ``encode_image`` goes from ~50,000 page faults per batch of 256 to none, and ~1.3× faster.
+    Other C libraries are unaffected (the block is allocated and freed, nothing more).
+    """
+    global _HEAP_SETTLED
+    if not _HEAP_SETTLED:
+        _HEAP_SETTLED = True
+        torch.empty(30 << 18)  # 30 MiB of float32, freed at once (the threshold limit is 32 MiB)
 
 
 class QuickGELU(nn.Module):
