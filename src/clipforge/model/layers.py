@@ -22,9 +22,9 @@ def cpu_chunk(module: nn.Module, batch: int, tokens: int, x: torch.Tensor) -> in
     mmap threshold (32 MiB), so their memory is reused instead of page-faulted in afresh by every
     layer (see ``_settle_glibc_heap``): on 2 cores ViT-B/32's ``encode_image`` (batch 64) runs ~1.1×
     faster in pieces of 20 images, RN50's ~1.3× in pieces of 2, with less peak memory. Rows are
-    independent in eval mode, so the outputs are the same. ``None``: one piece (training mode, whose BatchNorm statistics and
-    patch dropout see the whole batch; autograd on; not a CPU tensor; inside ``torch.compile``;
-    chunking off; or the batch is small already).
+    independent in eval mode, so the outputs are the same. ``None``: one piece (training mode,
+    whose BatchNorm statistics and patch dropout see the whole batch; autograd on; not a CPU tensor;
+    inside ``torch.compile``; chunking off; or the batch is small already).
     """
     rows = module.inference_chunk_rows
     if (rows is None or module.training or torch.is_grad_enabled() or x.device.type != "cpu"
@@ -179,8 +179,8 @@ class Transformer(nn.Module):
         """[N, L, W] → [N, L, W]; with ``index``, the output at that position only, [N, W].
 
         The towers read one token (the image's class token, the text's end-of-text token), so the last
-        block needs that token's query, attention and MLP alone: 1 - 1/6 of its work is skipped (about
-        7% of ViT-B/32) and the outputs are the same.
+        block needs that token's query, attention and MLP alone (keys and values for all): 5/6 of its
+        matrix work is skipped (about 7% of ViT-B/32's image tower) and the outputs are the same.
         """
         last = len(self.resblocks) - 1
         if last < 0 and index is not None:
