@@ -16,6 +16,8 @@ Fast-path options for ``ours`` (``opts``, a set of strings):
   ``freeze`` inference with ``compile``: inductor freezing (weights as constants, pre-packed on CPU)
   ``whole``  inference on a CPU: the batch in one piece (default: pieces of ~1024 token rows,
              ``inference_chunk_rows``), to measure what running in pieces gains
+  ``serial`` inference on a CPU: the pieces one after another on all threads (default: one piece
+             per thread at a time, ``inference_streams``), to measure what the streams gain
 Peers take ``compile`` too (torch.compile(model), as open_clip's --torchcompile does).
 
 Data: random images and token rows of realistic caption lengths (SOT + 6..23 ids + EOT = 8..25
@@ -206,10 +208,11 @@ def make_encoder(impl: str, model: nn.Module, tower: str, amp: torch.dtype | Non
         model = optimize_for_inference(model, InferenceOptions(
             fold_batchnorm="fold" in opts, channels_last="cl" in opts, compile="compile" in opts,
             freeze="freeze" in opts), inplace=True)
-        if "whole" in opts:
-            model.inference_chunk_rows = None
-            if hasattr(model.visual, "inference_chunk_rows"):
-                model.visual.inference_chunk_rows = None
+        for tower_module in (model, model.visual):
+            if "whole" in opts and hasattr(tower_module, "inference_chunk_rows"):
+                tower_module.inference_chunk_rows = None
+            if "serial" in opts and hasattr(tower_module, "inference_streams"):
+                tower_module.inference_streams = 1
     if impl == "hf":
         fn = model.get_image_features if tower == "image" else model.get_text_features
     else:
@@ -236,7 +239,7 @@ def describe(impl: str, opts: frozenset[str]) -> str:
 
 
 def parse_opts(text: str) -> frozenset[str]:
-    known = {"trim", "cl", "fused", "compile", "fold", "freeze", "whole"}
+    known = {"trim", "cl", "fused", "compile", "fold", "freeze", "whole", "serial"}
     opts = frozenset(o for o in text.split(",") if o)
     if opts - known:
         raise ValueError(f"unknown option(s) {sorted(opts - known)}; known: {sorted(known)}")

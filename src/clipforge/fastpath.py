@@ -13,8 +13,9 @@ Each one is optional and measured in ``benchmarks/`` (see ``benchmarks/results/`
 * ``optimize_for_inference``: the above for an eval-mode model, optionally ``torch.compile``.
 
 The towers themselves skip work nobody reads (the last block computes only the class / end-of-text
-token) and, on a CPU in eval mode without autograd, run a batch in cache-sized pieces
-(``clipforge.model.layers.cpu_chunk``; ``inference_chunk_rows`` on each tower, None turns it off).
+token) and, on a CPU in eval mode without autograd, run a batch in cache-sized pieces, one per
+intra-op thread at a time (``clipforge.model.pieces``; ``inference_chunk_rows`` and
+``inference_streams`` on each tower).
 
 This module is part of the library layer: it imports nothing from data/, train/, eval/ or serve/.
 """
@@ -143,12 +144,16 @@ def optimize_for_inference(model: nn.Module, options: InferenceOptions = Inferen
 def _compile_towers(model: nn.Module, kwargs: dict) -> None:
     """Compile each tower's per-piece forward (``_forward`` / ``_encode_text``), in place.
 
-    The pieces a CPU batch is split into (``cpu_chunk``) stay outside the compiled graph, so the
+    The pieces a CPU batch is split into (``clipforge.model.pieces``) stay outside the compiled graph, so the
     compiled code runs on cache-sized pieces too; the modules and their state_dict keys are unchanged
-    (compiling the module itself would prefix every key with ``_orig_mod.``).
+    (compiling the module itself would prefix every key with ``_orig_mod.``). The pieces run one after
+    another on the caller's threads (``inference_streams = 1``): inductor's CPU kernels fix their
+    OpenMP team size when they are compiled, so they must run on the threads they were compiled for.
     """
     visual = getattr(model, "visual", None)
     if visual is not None and hasattr(visual, "_forward"):
         visual._forward = torch.compile(visual._forward, **kwargs)
+        visual.inference_streams = 1
     if hasattr(model, "_encode_text"):
         model._encode_text = torch.compile(model._encode_text, **kwargs)
+        model.inference_streams = 1

@@ -14,47 +14,6 @@ from torch.utils.checkpoint import checkpoint
 Index = int | torch.Tensor  # a token position: one for all rows, or one per row [N]
 
 
-def cpu_chunk(module: nn.Module, batch: int, tokens: int, x: torch.Tensor) -> int | None:
-    """Items per piece when an eval-mode forward without autograd on the CPU should run piece by piece.
-
-    A tower's activations for ``module.inference_chunk_rows`` token rows (≈ 1024 × width floats)
-    stay in the CPU's caches from one layer to the next, and the largest tensors stay below glibc's
-    mmap threshold (32 MiB), so their memory is reused instead of page-faulted in afresh by every
-    layer (see ``_settle_glibc_heap``): on 2 cores ViT-B/32's ``encode_image`` (batch 64) runs ~1.1×
-    faster in pieces of 20 images, RN50's ~1.3× in pieces of 2, with less peak memory. Rows are
-    independent in eval mode, so the outputs are the same. ``None``: one piece (training mode,
-    whose BatchNorm statistics and patch dropout see the whole batch; autograd on; not a CPU tensor;
-    inside ``torch.compile``; chunking off; or the batch is small already).
-    """
-    rows = module.inference_chunk_rows
-    if (rows is None or module.training or torch.is_grad_enabled() or x.device.type != "cpu"
-            or torch.compiler.is_compiling()):
-        return None
-    _settle_glibc_heap()
-    per = max(1, rows // max(1, tokens))
-    return per if per < batch else None
-
-
-_HEAP_SETTLED = False
-
-
-def _settle_glibc_heap() -> None:
-    """Allocate and free one 30 MiB block, once per process.
-
-    glibc's malloc returns every block above its mmap threshold (128 KiB at start) to the OS when it
-    is freed, so each layer's activations are page-faulted in afresh, until the program frees one
-    large block: the threshold then rises to that block's size (at most 32 MiB) and the heap keeps
-    up to twice that of freed memory (mallopt(3), "dynamic mmap threshold"). Doing that once up
-    front puts the pieces (all below 30 MiB) on the heap from the first call: on 2 cores demo-rn's
-    ``encode_image`` goes from ~50,000 page faults per batch of 256 to none, and ~1.3× faster.
-    Other C libraries are unaffected (the block is allocated and freed, nothing more).
-    """
-    global _HEAP_SETTLED
-    if not _HEAP_SETTLED:
-        _HEAP_SETTLED = True
-        torch.empty(30 << 18)  # 30 MiB of float32, freed at once (the threshold limit is 32 MiB)
-
-
 class QuickGELU(nn.Module):
     """x · σ(1.702 x): the sigmoid approximation of GELU that OpenAI's released weights were trained with."""
 
@@ -94,10 +53,17 @@ class Attention(nn.Module):
         out: queries are projected for it alone, keys and values for every position, so the result
         equals the full attention's row at ``index`` with a fraction of the work.
         """
-        if index is None:
-            return self._full(x)
+        return self.out_proj(self.attend(x, index))
+
+    def attend(self, x: torch.Tensor, index: Index | None = None) -> torch.Tensor:
+        """The heads' outputs, concatenated, before ``out_proj``: [N, L, W] (or [N, 1, W] with ``index``)."""
         n, length, width = x.shape
         head_dim = width // self.heads
+        if index is None:
+            qkv = F.linear(x, self.in_proj_weight, self.in_proj_bias)  # [N, L, 3W]
+            qkv = qkv.view(n, length, 3, self.heads, head_dim).permute(2, 0, 3, 1, 4)  # [3, N, H, L, W/H]
+            out = F.scaled_dot_product_attention(qkv[0], qkv[1], qkv[2], is_causal=self.causal)  # [N, H, L, W/H]
+            return out.transpose(1, 2).reshape(n, length, width)
         w_q, w_kv = self.in_proj_weight.split([width, 2 * width])
         b_q, b_kv = self.in_proj_bias.split([width, 2 * width])
         q = F.linear(take(x, index), w_q, b_q).view(n, 1, self.heads, head_dim).transpose(1, 2)  # [N, H, 1, W/H]
@@ -108,15 +74,7 @@ class Attention(nn.Module):
             last = index.view(n, 1) if isinstance(index, torch.Tensor) else torch.full((n, 1), index, device=x.device)
             mask = (positions.view(1, length) <= last).view(n, 1, 1, length)
         out = F.scaled_dot_product_attention(q, kv[0], kv[1], attn_mask=mask)  # [N, H, 1, W/H]
-        return self.out_proj(out.transpose(1, 2).reshape(n, 1, width))
-
-    def _full(self, x: torch.Tensor) -> torch.Tensor:
-        n, length, width = x.shape
-        qkv = F.linear(x, self.in_proj_weight, self.in_proj_bias)  # [N, L, 3W]
-        qkv = qkv.view(n, length, 3, self.heads, width // self.heads).permute(2, 0, 3, 1, 4)  # [3, N, H, L, W/H]
-        out = F.scaled_dot_product_attention(qkv[0], qkv[1], qkv[2], is_causal=self.causal)  # [N, H, L, W/H]
-        out = out.transpose(1, 2).reshape(n, length, width)  # [N, L, W]
-        return self.out_proj(out)
+        return out.transpose(1, 2).reshape(n, 1, width)
 
 
 def take(x: torch.Tensor, index: Index) -> torch.Tensor:
@@ -134,14 +92,32 @@ class MLP(nn.Sequential):
         self.c_proj = nn.Linear(hidden, width)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        hidden = self.c_fc(x)
-        if isinstance(self.gelu, QuickGELU) and not (torch.is_grad_enabled() and hidden.requires_grad):
-            # Without autograd the hidden activations (the block's largest tensor) are overwritten in
-            # place: one temporary instead of two, which on a CPU saves a fresh page-faulted buffer.
-            hidden = hidden.mul_(hidden.mul(1.702).sigmoid_())
-        else:
-            hidden = self.gelu(hidden)
-        return self.c_proj(hidden)
+        if _records_autograd(self, x):
+            return self.c_proj(self.gelu(self.c_fc(x)))
+        shape = x.shape
+        hidden, scale = self.hidden_inference(x.reshape(-1, shape[-1]))
+        out = torch.addmm(self.c_proj.bias, hidden, self.c_proj.weight.t(), alpha=scale)
+        return out.view(*shape[:-1], out.shape[-1])
+
+    def hidden_inference(self, x: torch.Tensor) -> tuple[torch.Tensor, float]:
+        """Without autograd: the activated hidden rows for ``x`` [M, W], and the factor ``c_proj``'s
+        product must be scaled by (``c_proj(hidden · factor)`` is the MLP's output).
+
+        QuickGELU is computed as one in-place SiLU: h·σ(1.702 h) = silu(1.702 h) / 1.702, with the
+        1.702 applied by the first matrix product (``alpha``, ``beta``) and the 1/1.702 by the second,
+        both free in the GEMM. The block's largest tensor is then written by the GEMM and rewritten
+        once, instead of a scaled copy, a sigmoid and a product (a temporary of its size, three
+        passes). The same function up to float rounding (~1 ulp).
+        """
+        if isinstance(self.gelu, QuickGELU):
+            hidden = torch.addmm(self.c_fc.bias, x, self.c_fc.weight.t(), beta=1.702, alpha=1.702)
+            return F.silu(hidden, inplace=True), 1 / 1.702
+        return self.gelu(self.c_fc(x)), 1.0
+
+
+def _records_autograd(module: nn.Module, x: torch.Tensor) -> bool:
+    """Whether autograd would record ``module``'s forward on ``x`` (else in-place shortcuts are safe)."""
+    return torch.is_grad_enabled() and (x.requires_grad or any(p.requires_grad for p in module.parameters()))
 
 
 class ResidualAttentionBlock(nn.Module):
@@ -156,11 +132,29 @@ class ResidualAttentionBlock(nn.Module):
 
     def forward(self, x: torch.Tensor, index: Index | None = None) -> torch.Tensor:
         """[N, L, W] → [N, L, W]; with ``index`` only that position's output [N, 1, W] is computed."""
+        if not _records_autograd(self, x) and not torch.is_autocast_enabled(x.device.type):
+            return self._inference(x, index)
         if index is None:
             x = x + self.attn(self.ln_1(x))
         else:
             x = take(x, index) + self.attn(self.ln_1(x), index)
         return x + self.mlp(self.ln_2(x))
+
+    def _inference(self, x: torch.Tensor, index: Index | None) -> torch.Tensor:
+        """The same block without autograd (nor autocast), each residual added by its output projection's GEMM.
+
+        x + (a Wᵀ + b) is computed as (x + b) + a Wᵀ, in place (``addmm_`` with beta = 1): one pass
+        over the residual and no temporary, where the plain form copies the bias into a new tensor,
+        multiplies into it and then adds x into a third.
+        """
+        attended = self.attn.attend(self.ln_1(x), index)  # [N, L', W], L' = 1 with index
+        n, length, width = attended.shape
+        x = x if index is None else take(x, index)
+        x = (x + self.attn.out_proj.bias).view(-1, width)
+        x.addmm_(attended.view(-1, width), self.attn.out_proj.weight.t())
+        hidden, scale = self.mlp.hidden_inference(self.ln_2(x))
+        x = (x + self.mlp.c_proj.bias).addmm_(hidden, self.mlp.c_proj.weight.t(), alpha=scale)
+        return x.view(n, length, width)
 
 
 class Transformer(nn.Module):

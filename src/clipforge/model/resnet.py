@@ -15,7 +15,7 @@ from torch import nn
 from torch.utils.checkpoint import checkpoint
 
 from clipforge.config import VisionConfig
-from clipforge.model.layers import cpu_chunk
+from clipforge.model.pieces import run_in_pieces
 
 
 class Bottleneck(nn.Module):
@@ -128,16 +128,15 @@ class ModifiedResNet(nn.Module):
         x = self.relu3(self.bn3(self.conv3(x)))
         return self.avgpool(x)
 
-    # Stem output positions ((S/4)² per image) per piece for a CPU forward without autograd (see
-    # ``cpu_chunk``): 2 images of RN50 at 224 px, 32 of demo-rn at 64 px, the fastest measured.
+    # CPU inference without autograd (clipforge.model.pieces): stem output positions ((S/4)² per
+    # image) per piece, 2 images of RN50 at 224 px, 32 of demo-rn at 64 px, the fastest measured
+    # (None: one piece); pieces run at once (None: one per intra-op thread; 1: one after another).
     inference_chunk_rows: int | None = 8192
+    inference_streams: int | None = None
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """Images [N, 3, S, S] → projected features [N, output_dim]."""
-        per = cpu_chunk(self, x.shape[0], (x.shape[-1] // 4) ** 2, x)
-        if per is not None:
-            return torch.cat([self._forward(piece) for piece in x.split(per)])
-        return self._forward(x)
+        return run_in_pieces(self, self._forward, x, tokens=(x.shape[-1] // 4) ** 2)
 
     def _forward(self, x: torch.Tensor) -> torch.Tensor:
         x = self.stem(x)

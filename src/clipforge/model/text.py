@@ -11,7 +11,8 @@ import torch
 from torch import nn
 
 from clipforge.config import TextConfig
-from clipforge.model.layers import Transformer, cpu_chunk
+from clipforge.model.layers import Transformer
+from clipforge.model.pieces import run_in_pieces
 
 
 class TextTower:
@@ -22,8 +23,10 @@ class TextTower:
     transformer: Transformer
     ln_final: nn.LayerNorm
     text_projection: nn.Parameter
-    # Token rows per piece for a CPU forward without autograd (see ``cpu_chunk``); None: one piece.
+    # CPU inference without autograd (clipforge.model.pieces): token rows per piece (None: one piece),
+    # pieces run at once (None: one per intra-op thread, each on one thread; 1: one after another).
     inference_chunk_rows: int | None = 1024
+    inference_streams: int | None = None
 
     def _build_text(self, cfg: TextConfig, output_dim: int) -> None:
         self.context_length, self.vocab_size = cfg.context_length, cfg.vocab_size
@@ -52,10 +55,7 @@ class TextTower:
         length = tokens.shape[1]
         if length > self.context_length:
             raise ValueError(f"token sequences of length {length} exceed the context length {self.context_length}")
-        per = cpu_chunk(self, tokens.shape[0], length, self.positional_embedding)
-        if per is not None:
-            return torch.cat([self._encode_text(piece) for piece in tokens.split(per)])
-        return self._encode_text(tokens)
+        return run_in_pieces(self, self._encode_text, tokens, tokens=length)
 
     def _encode_text(self, tokens: torch.Tensor) -> torch.Tensor:
         length = tokens.shape[1]

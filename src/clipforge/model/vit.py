@@ -10,7 +10,8 @@ import torch
 from torch import nn
 
 from clipforge.config import VisionConfig
-from clipforge.model.layers import Transformer, cpu_chunk
+from clipforge.model.layers import Transformer
+from clipforge.model.pieces import run_in_pieces
 
 
 class VisionTransformer(nn.Module):
@@ -30,16 +31,14 @@ class VisionTransformer(nn.Module):
         self.ln_post = nn.LayerNorm(width)
         self.proj = nn.Parameter(scale * torch.randn(width, output_dim))
 
-    # Token rows per piece for a CPU forward without autograd (see ``cpu_chunk``); None: one piece.
+    # CPU inference without autograd (clipforge.model.pieces): token rows per piece (None: one piece),
+    # pieces run at once (None: one per intra-op thread, each on one thread; 1: one after another).
     inference_chunk_rows: int | None = 1024
+    inference_streams: int | None = None
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """Images [N, 3, S, S] → projected features [N, output_dim]."""
-        tokens = (x.shape[-1] // self.patch_size) ** 2 + 1
-        per = cpu_chunk(self, x.shape[0], tokens, x)
-        if per is not None:
-            return torch.cat([self._forward(piece) for piece in x.split(per)])
-        return self._forward(x)
+        return run_in_pieces(self, self._forward, x, tokens=(x.shape[-1] // self.patch_size) ** 2 + 1)
 
     def _forward(self, x: torch.Tensor) -> torch.Tensor:
         x = self.conv1(x)  # [N, W, G, G]

@@ -1,0 +1,157 @@
+"""CPU inference in pieces on concurrent single-threaded streams (clipforge.model.pieces).
+
+The features are those of the whole batch; pieces are sized and counted as documented; the streams
+run on one thread each, leave the caller's and the process's thread counts alone, keep the caller's
+grad mode, and pass a piece's exception on to the caller.
+"""
+
+from __future__ import annotations
+
+import threading
+
+import pytest
+import torch
+
+import clipforge
+from clipforge.model.pieces import piece_sizes
+
+
+class _Recorder:
+    """Wraps ``module.<method>``: records each call's batch size, thread name and intra-op threads."""
+
+    def __init__(self, module, method: str, fail_on: int | None = None):
+        self.calls: list[tuple[int, str, int]] = []
+        self._original, self._fail_on = getattr(module, method), fail_on
+        setattr(module, method, self)
+
+    def __call__(self, x):
+        self.calls.append((x.shape[0], threading.current_thread().name, torch.get_num_threads()))
+        if self._fail_on is not None and x.shape[0] == self._fail_on:
+            raise RuntimeError("piece failed")
+        return self._original(x)
+
+    @property
+    def sizes(self) -> list[int]:
+        return sorted((size for size, _, _ in self.calls), reverse=True)
+
+
+def _tiny_vit():
+    torch.manual_seed(0)
+    model = clipforge.create_model("tiny-vit", text={"vocab_size": 500}).double().eval()
+    images = torch.randn(7, 3, model.image_size, model.image_size, dtype=torch.float64)
+    tokens = torch.randint(1, 499, (7, 12))
+    tokens[:, 0], tokens[:, -1] = 498, 499
+    return model, images, tokens
+
+
+@pytest.mark.parametrize("streams", [1, 2, 3])
+def test_pieces_give_the_whole_batch_features(streams):
+    model, images, tokens = _tiny_vit()
+    with torch.no_grad():
+        model.visual.inference_chunk_rows = model.inference_chunk_rows = None  # one piece
+        whole_image, whole_text = model.encode_image(images), model.encode_text(tokens)
+        image_tokens = (model.image_size // model.visual.patch_size) ** 2 + 1
+        model.visual.inference_chunk_rows = 3 * image_tokens  # ≤ 3 images per piece, as even as can be
+        model.inference_chunk_rows = 2 * 12  # ≤ 2 captions per piece
+        model.visual.inference_streams = model.inference_streams = streams
+        image, text = _Recorder(model.visual, "_forward"), _Recorder(model, "_encode_text")
+        torch.testing.assert_close(model.encode_image(images), whole_image, rtol=0, atol=1e-12)
+        torch.testing.assert_close(model.encode_text(tokens), whole_text, rtol=0, atol=1e-12)
+    assert image.sizes == [3, 2, 2] and text.sizes == [2, 2, 2, 1]
+    threads = {name for _, name, _ in image.calls + text.calls}
+    if streams == 1:  # one after another, on the caller's thread and threads
+        assert threads == {threading.current_thread().name}
+        assert {n for _, _, n in image.calls} == {torch.get_num_threads()}
+    else:  # on the streams, one intra-op thread each
+        assert all(name.startswith("clipforge-stream") for name in threads)
+        assert {n for _, _, n in image.calls + text.calls} == {1}
+
+
+@torch.no_grad()
+def test_a_small_batch_is_split_across_the_streams():
+    model, images, _ = _tiny_vit()
+    model.visual.inference_streams = 2
+    tokens = (model.image_size // model.visual.patch_size) ** 2 + 1
+    assert piece_sizes(model.visual, 7, tokens, images) == [4, 3]  # fits one piece of 1024 rows
+    assert piece_sizes(model.visual, 1, tokens, images) is None
+    model.visual.inference_streams = 1
+    assert piece_sizes(model.visual, 7, tokens, images) is None
+    model.visual.inference_chunk_rows = None
+    model.visual.inference_streams = 2
+    assert piece_sizes(model.visual, 7, tokens, images) is None  # pieces off
+
+
+def test_training_autograd_and_autocast_run_whole_on_the_callers_thread():
+    model, images, _ = _tiny_vit()
+    model.visual.inference_streams = 2
+    model.visual.inference_chunk_rows = 17  # one image (17 tokens) per piece
+    recorder = _Recorder(model.visual, "_forward")
+    features = model.encode_image(images)  # autograd on: feature gradients
+    assert features.requires_grad
+    model.train()
+    with torch.no_grad():
+        model.encode_image(images)  # BatchNorm / patch dropout would see only a piece
+    model.eval().float()
+    with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
+        model.encode_image(images.float())  # autocast state is per thread
+    assert recorder.sizes == [7, 7, 7]
+    assert {name for _, name, _ in recorder.calls} == {threading.current_thread().name}
+
+
+def test_streams_leave_thread_counts_and_grad_mode_as_they_were():
+    model, images, _ = _tiny_vit()
+    model.visual.inference_streams = 2
+    before = torch.get_num_threads()
+    with torch.no_grad():
+        out = model.encode_image(images)
+    assert not out.requires_grad and not out.is_inference()  # no_grad, not inference mode, in the streams
+    with torch.inference_mode():
+        assert model.encode_image(images).is_inference()
+    assert torch.get_num_threads() == before
+    seen = []
+    fresh = threading.Thread(target=lambda: seen.append(torch.get_num_threads()))  # adopts the process default
+    fresh.start()
+    fresh.join()
+    assert seen == [before]
+
+
+def test_a_failing_piece_raises_in_the_caller():
+    model, images, _ = _tiny_vit()
+    model.visual.inference_streams = 2
+    model.visual.inference_chunk_rows = 3 * 17  # 3 + 2 + 2 images
+    _Recorder(model.visual, "_forward", fail_on=2)
+    with torch.no_grad(), pytest.raises(RuntimeError, match="piece failed"):
+        model.encode_image(images)
+
+
+def test_resnet_pieces_and_training_mode_runs_whole():
+    torch.manual_seed(0)
+    model = clipforge.create_model("tiny-rn", text={"vocab_size": 500}).double().eval()
+    images = torch.randn(5, 3, model.image_size, model.image_size, dtype=torch.float64)
+    with torch.no_grad():
+        model.visual.inference_chunk_rows = None
+        whole = model.encode_image(images)
+        model.visual.inference_chunk_rows = 2 * (model.image_size // 4) ** 2  # ≤ 2 images per piece
+        model.visual.inference_streams = 2
+        recorder = _Recorder(model.visual, "_forward")
+        torch.testing.assert_close(model.encode_image(images), whole, rtol=0, atol=1e-12)
+        assert recorder.sizes == [2, 2, 1]
+        recorder.calls.clear()
+        model.train()  # BatchNorm uses batch statistics: pieces would change them
+        model.encode_image(images)
+    assert recorder.sizes == [5]
+
+
+def test_forward_hooks_see_the_pieces_in_order_on_the_callers_thread():
+    """Feature extractors hook a submodule and concatenate what it sees: with a hook, no streams."""
+    model, images, _ = _tiny_vit()
+    model.visual.inference_streams = 2
+    model.visual.inference_chunk_rows = 17  # one image per piece
+    seen = []
+    handle = model.visual.ln_post.register_forward_hook(
+        lambda m, i, out: seen.append((out, threading.current_thread().name)))
+    with torch.no_grad():
+        features = model.encode_image(images)
+    handle.remove()
+    assert {name for _, name in seen} == {threading.current_thread().name}
+    torch.testing.assert_close(torch.cat([out for out, _ in seen]) @ model.visual.proj, features, rtol=0, atol=1e-12)
