@@ -16,9 +16,15 @@ from pathlib import Path
 from typing import Any, Callable
 
 import torch
+from torch.utils import flop_counter
 from torch.utils.flop_counter import FlopCounterMode
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+
+# The blocks' inference path adds each residual in place (``x.addmm_(a, W.t())``); count it as addmm.
+if torch.ops.aten.addmm_ not in flop_counter.flop_registry:
+    flop_counter.register_flop_formula(torch.ops.aten.addmm_, get_raw=True)(flop_counter.flop_registry[torch.ops.aten.addmm])
 
 
 def count_flops(fn: Callable[[], Any]) -> int:

@@ -44,20 +44,24 @@ def _tiny_vit():
     return model, images, tokens
 
 
-@pytest.mark.parametrize("streams", [1, 2, 3])
-def test_pieces_give_the_whole_batch_features(streams):
+@pytest.mark.parametrize("streams, image_sizes, text_sizes", [
+    (1, [3, 2, 2], [2, 2, 2, 1]),  # ≤ 3 images, ≤ 2 captions per piece, as even as can be
+    (2, [2, 2, 2, 1], [2, 2, 2, 1]),  # and a multiple of the streams, so that none idles
+    (3, [3, 2, 2], [2, 1, 1, 1, 1, 1]),
+])
+def test_pieces_give_the_whole_batch_features(streams, image_sizes, text_sizes):
     model, images, tokens = _tiny_vit()
     with torch.no_grad():
         model.visual.inference_chunk_rows = model.inference_chunk_rows = None  # one piece
         whole_image, whole_text = model.encode_image(images), model.encode_text(tokens)
         image_tokens = (model.image_size // model.visual.patch_size) ** 2 + 1
-        model.visual.inference_chunk_rows = 3 * image_tokens  # ≤ 3 images per piece, as even as can be
-        model.inference_chunk_rows = 2 * 12  # ≤ 2 captions per piece
+        model.visual.inference_chunk_rows = 3 * image_tokens
+        model.inference_chunk_rows = 2 * 12
         model.visual.inference_streams = model.inference_streams = streams
         image, text = _Recorder(model.visual, "_forward"), _Recorder(model, "_encode_text")
         torch.testing.assert_close(model.encode_image(images), whole_image, rtol=0, atol=1e-12)
         torch.testing.assert_close(model.encode_text(tokens), whole_text, rtol=0, atol=1e-12)
-    assert image.sizes == [3, 2, 2] and text.sizes == [2, 2, 2, 1]
+    assert image.sizes == image_sizes and text.sizes == text_sizes
     threads = {name for _, name, _ in image.calls + text.calls}
     if streams == 1:  # one after another, on the caller's thread and threads
         assert threads == {threading.current_thread().name}
@@ -118,7 +122,7 @@ def test_streams_leave_thread_counts_and_grad_mode_as_they_were():
 def test_a_failing_piece_raises_in_the_caller():
     model, images, _ = _tiny_vit()
     model.visual.inference_streams = 2
-    model.visual.inference_chunk_rows = 3 * 17  # 3 + 2 + 2 images
+    model.visual.inference_chunk_rows = 3 * 17  # 2 + 2 + 2 + 1 images
     _Recorder(model.visual, "_forward", fail_on=2)
     with torch.no_grad(), pytest.raises(RuntimeError, match="piece failed"):
         model.encode_image(images)
@@ -135,7 +139,7 @@ def test_resnet_pieces_and_training_mode_runs_whole():
         model.visual.inference_streams = 2
         recorder = _Recorder(model.visual, "_forward")
         torch.testing.assert_close(model.encode_image(images), whole, rtol=0, atol=1e-12)
-        assert recorder.sizes == [2, 2, 1]
+        assert recorder.sizes == [2, 1, 1, 1]  # 3 pieces rounded up to a multiple of 2 streams
         recorder.calls.clear()
         model.train()  # BatchNorm uses batch statistics: pieces would change them
         model.encode_image(images)
