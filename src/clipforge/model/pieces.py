@@ -32,6 +32,7 @@ from typing import Callable
 
 import torch
 from torch import nn
+from torch.nn.modules import module as module_globals
 
 __all__ = ["piece_sizes", "run_in_pieces", "stream_count"]
 
@@ -45,6 +46,12 @@ def piece_sizes(module: nn.Module, batch: int, tokens: int, x: torch.Tensor) -> 
     5, whose last one would run while the other stream idles), and as even as possible: 64 ViT-B/32
     images at ≤ 20 per piece are 16 + 16 + 16 + 16, not 20 + 20 + 20 + 4.
     """
+    plan = _plan(module, batch, tokens, x)
+    return None if plan is None else plan[0]
+
+
+def _plan(module: nn.Module, batch: int, tokens: int, x: torch.Tensor) -> tuple[list[int], int] | None:
+    """``piece_sizes`` and the stream count they were made for (counted once: it scans for hooks)."""
     rows = module.inference_chunk_rows
     if (rows is None or module.training or torch.is_grad_enabled() or x.device.type != "cpu"
             or torch.is_autocast_enabled("cpu") or torch.compiler.is_compiling()):
@@ -56,7 +63,7 @@ def piece_sizes(module: nn.Module, batch: int, tokens: int, x: torch.Tensor) -> 
     if pieces <= 1:
         return None
     _settle_glibc_heap()
-    return [batch // pieces + (i < batch % pieces) for i in range(pieces)]
+    return [batch // pieces + (i < batch % pieces) for i in range(pieces)], streams
 
 
 def stream_count(module: nn.Module) -> int:
@@ -73,8 +80,6 @@ def stream_count(module: nn.Module) -> int:
 
 
 def _has_forward_hooks(module: nn.Module) -> bool:
-    from torch.nn.modules import module as module_globals
-
     if module_globals._global_forward_hooks or module_globals._global_forward_pre_hooks:
         return True
     return any(m._forward_hooks or m._forward_pre_hooks for m in module.modules())
@@ -83,11 +88,12 @@ def _has_forward_hooks(module: nn.Module) -> bool:
 def run_in_pieces(module: nn.Module, forward: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor,
                   tokens: int) -> torch.Tensor:
     """``forward(x)``, computed piece by piece (``piece_sizes``) and on concurrent streams where that applies."""
-    sizes = piece_sizes(module, x.shape[0], tokens, x)
-    if sizes is None:
+    plan = _plan(module, x.shape[0], tokens, x)
+    if plan is None:
         return forward(x)
+    sizes, streams = plan
     pieces = x.split(sizes)
-    streams = min(stream_count(module), len(pieces))
+    streams = min(streams, len(pieces))
     if streams <= 1:
         return torch.cat([forward(piece) for piece in pieces])
     return torch.cat(_POOL.map(forward, pieces, streams))
