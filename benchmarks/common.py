@@ -63,6 +63,9 @@ def environment(device: str) -> dict[str, Any]:
         "device": device,
         "command": " ".join(shlex.quote(a) for a in [Path(sys.executable).name, *sys.argv]),
         "git_commit": _git_commit(),
+        # glibc malloc tunables (MALLOC_MMAP_MAX_=0 ...): they decide whether large activations are
+        # page-faulted in afresh on every call, which moves eager CPU throughput by up to ~20%
+        "malloc_env": {k: v for k, v in sorted(os.environ.items()) if k.startswith(("MALLOC_", "GLIBC_TUNABLES"))},
     }
     if device.startswith("cuda") and torch.cuda.is_available():
         env["gpu"] = torch.cuda.get_device_name()
@@ -276,7 +279,8 @@ def write_results(name: str, env: dict[str, Any], records: list[dict[str, Any]],
     json_path.write_text(json.dumps({"environment": env, "results": records, "notes": list(notes)}, indent=2) + "\n")
     lines = [f"# {name} — {env['date'][:10]} — {env.get('gpu') or env['cpu']} ({env['host_kind']})", "",
              f"torch {env['torch']}, {env['cpu_cores']} CPU cores, device {env['device']}; "
-             f"open_clip {env.get('open_clip')}, transformers {env.get('transformers')}", "",
+             f"open_clip {env.get('open_clip')}, transformers {env.get('transformers')}; "
+             f"malloc {' '.join(f'{k}={v}' for k, v in env.get('malloc_env', {}).items()) or 'glibc defaults'}", "",
              f"Command: `{env['command']}`", "", markdown_table(records, columns), ""]
     lines += [f"- {n}" for n in notes]
     md_path.write_text("\n".join(lines) + "\n")
