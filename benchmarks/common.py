@@ -64,7 +64,7 @@ def environment(device: str) -> dict[str, Any]:
         "command": " ".join(shlex.quote(a) for a in [Path(sys.executable).name, *sys.argv]),
         "git_commit": _git_commit(),
         # glibc malloc tunables (MALLOC_MMAP_MAX_=0 ...): they decide whether large activations are
-        # page-faulted in afresh on every call, which moves eager CPU throughput by up to ~20%
+        # page-faulted in afresh on every call, which moves eager CPU throughput by up to 1.6x (open_clip RN50)
         "malloc_env": {k: v for k, v in sorted(os.environ.items()) if k.startswith(("MALLOC_", "GLIBC_TUNABLES"))},
     }
     if device.startswith("cuda") and torch.cuda.is_available():
