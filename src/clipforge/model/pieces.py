@@ -58,8 +58,8 @@ def _plan(module: nn.Module, batch: int, tokens: int, x: torch.Tensor) -> tuple[
         return None
     per = max(1, rows // max(1, tokens))
     streams = stream_count(module)
-    pieces = -(-max(-(-batch // per), 1) // streams) * streams  # a multiple of the streams: none idles
-    pieces = min(batch, pieces)
+    pieces = -(-batch // per)  # at most `per` items each
+    pieces = min(batch, -(-pieces // streams) * streams)  # a multiple of the streams: none idles
     if pieces <= 1:
         return None
     _settle_glibc_heap()
