@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
 from typing import Any, Callable
 
@@ -102,7 +103,10 @@ def build_loader(config: TrainConfig, image_size: int, tokenizer: Tokenizer, ran
     from clipforge.transforms import train_transform
 
     transform = train_transform(image_size, scale=config.run.crop_scale)
-    return data_loader(config.data, transform, tokenizer, rank=rank, world_size=world_size)
+    data = config.data
+    if data.report is None:  # every run reports its bad data, beside its metrics
+        data = replace(data, report=str(Path(config.run.out) / "data_report.json"))
+    return data_loader(data, transform, tokenizer, rank=rank, world_size=world_size)
 
 
 def total_steps(run: RunConfig, steps_per_epoch: int) -> int:
