@@ -68,10 +68,18 @@ def run(args: argparse.Namespace) -> int:
         print(json.dumps(config.to_dict(), indent=2))
         return 0
     from clipforge.train.distributed import destroy_distributed
-    from clipforge.train.loop import Trainer
+    from clipforge.train.loop import ResumeError, Trainer
+    from clipforge.train.watch import CollectiveError
 
     try:
         summary = Trainer(config).train(stop_at=args.stop_at)
+    except ResumeError as err:  # every rank refuses the same way; one says so
+        if os.environ.get("RANK", "0") == "0":
+            print(f"clipforge train: error: {err}", file=sys.stderr)
+        return 2
+    except CollectiveError as err:  # each rank says where it was and which ranks it waited for
+        print(f"clipforge train: error: {err}", file=sys.stderr, flush=True)
+        return 1
     finally:
         destroy_distributed()
     if os.environ.get("RANK", "0") == "0":

@@ -1,0 +1,197 @@
+"""Which rank, step and collective: what a distributed run says when a rank stalls or dies.
+
+Every rank keeps its position in memory (the step, and what it is doing: "loading data",
+"all-gather of features", "checkpoint barrier" ...); a daemon thread publishes it to the job's
+store every ``interval`` seconds with the wall-clock time. When a collective fails (its timeout
+passed, or a peer's connection broke), :func:`region` reads every rank's last heartbeat and raises
+:class:`CollectiveError` naming this rank, the step, the collective and the ranks that stopped
+responding or are elsewhere. The thread is the last resort: a rank still inside one region
+``margin`` seconds past its timeout (a collective that never returns) prints the same and exits.
+
+A single process has no watch; every function here is then a no-op.
+"""
+
+from __future__ import annotations
+
+import atexit
+import json
+import os
+import sys
+import threading
+import time
+from contextlib import contextmanager
+from typing import Any, Iterator
+
+EXIT_STALLED = 3  # exit status of a rank the last-resort thread stops
+_KEY = "clipforge_heartbeat/{}"
+_WATCH: "Watch | None" = None
+
+
+class CollectiveError(RuntimeError):
+    """A collective failed or timed out; the message names the rank, step, collective and the culprits."""
+
+
+class Watch:
+    """This rank's position, its heartbeat thread and the failure report (see the module doc)."""
+
+    def __init__(self, store: Any, rank: int, world_size: int, timeout_s: float):
+        self.store, self.rank, self.world_size = store, rank, world_size
+        self.timeout_s = timeout_s
+        self.interval = _interval(timeout_s)
+        self.step, self.what = 0, "starting"
+        self.deadline: float | None = None  # monotonic time by which the current region must end
+        self.reported = threading.Lock()  # taken by whoever reports a failure first
+        self.stopped = threading.Event()
+        self.thread = threading.Thread(target=self._beat, name="clipforge-heartbeat", daemon=True)
+        self.thread.start()
+
+    # ---- the heartbeat thread ----------------------------------------------------------------
+
+    def _beat(self) -> None:
+        while not self.stopped.is_set():
+            try:
+                self.store.set(_KEY.format(self.rank), json.dumps(
+                    {"step": self.step, "what": self.what, "time": time.time()}))
+            except Exception:  # the store is gone (the launcher stopped the job): nobody to tell
+                return
+            deadline = self.deadline
+            if deadline is not None and time.monotonic() > deadline + self.margin:
+                self._give_up()
+            self.stopped.wait(self.interval)
+
+    def stop(self) -> None:
+        """End the thread (before the store goes away: a thread inside it at exit aborts the process)."""
+        self.stopped.set()
+        if self.thread is not threading.current_thread():
+            self.thread.join(timeout=10)
+
+    @property
+    def margin(self) -> float:
+        return max(3.0, 0.1 * self.timeout_s)
+
+    def _give_up(self) -> None:
+        """A collective outlived its timeout (it never returned): report and end this process."""
+        if self.reported.acquire(blocking=False):
+            print(self.report(f"still waiting {self.margin:.0f} s after its {self.timeout_s:g} s timeout"),
+                  file=sys.stderr, flush=True)
+            os._exit(EXIT_STALLED)
+
+    # ---- the report ------------------------------------------------------------------------------
+
+    def peers(self) -> dict[int, dict | None]:
+        """Every other rank's last heartbeat (None: none published, or the store cannot be read)."""
+        beats: dict[int, dict | None] = {}
+        for other in range(self.world_size):
+            if other == self.rank:
+                continue
+            try:
+                key = _KEY.format(other)
+                beats[other] = json.loads(self.store.get(key)) if self.store.check([key]) else None
+            except Exception:
+                beats[other] = None
+        return beats
+
+    def report(self, reason: str) -> str:
+        """One line naming this rank's position, the failure and the culprits, then one line per other rank.
+
+        A rank is not responding when its heartbeat is older than three intervals, or did not
+        move during one and a half intervals (a rank killed a moment ago still has a fresh one).
+        """
+        first = self.peers()
+        if any(beat is not None and time.time() - beat["time"] <= 3 * self.interval for beat in first.values()):
+            time.sleep(1.5 * self.interval)
+        lines, culprits, now = [], [], time.time()
+        for other, beat in self.peers().items():
+            before = first.get(other)
+            if beat is None:
+                lines.append(f"  rank {other}: no heartbeat in the store")
+                culprits.append(other)
+                continue
+            silent = now - beat["time"]
+            stopped = silent > 3 * self.interval or (before is not None and before["time"] == beat["time"])
+            state = f"not responding for {silent:.1f} s" if stopped else "alive"
+            lines.append(f"  rank {other}: {state}, last at step {beat['step']}: {beat['what']}")
+            if stopped or (beat["step"], beat["what"]) != (self.step, self.what):
+                culprits.append(other)
+        blame = f"; stalled or lost: rank(s) {', '.join(map(str, culprits))}" if culprits else ""
+        head = f"rank {self.rank}: step {self.step}: {self.what}: {reason}{blame}"
+        return "\n".join([head, *lines])
+
+
+def start(store: Any, rank: int, world_size: int, timeout_s: float) -> Watch:
+    """Start this process's watch (called once the process group exists)."""
+    global _WATCH
+    stop()
+    _WATCH = Watch(store, rank, world_size, timeout_s)
+    atexit.register(stop)
+    return _WATCH
+
+
+def stop() -> None:
+    """Stop this process's watch, if any (at exit, and before the process group is destroyed)."""
+    global _WATCH
+    if _WATCH is not None:
+        _WATCH.stop()
+        _WATCH = None
+
+
+def set_timeout(seconds: float) -> None:
+    """The timeout of the regions that start from now on (the heartbeat keeps pace with it)."""
+    if _WATCH is not None:
+        _WATCH.timeout_s = seconds
+        _WATCH.interval = _interval(seconds)
+
+
+def _interval(timeout_s: float) -> float:
+    return min(5.0, max(0.2, timeout_s / 10))
+
+
+def at(step: int, what: str) -> None:
+    """Record this rank's position (cheap: two attribute writes, published by the thread)."""
+    if _WATCH is not None:
+        _WATCH.step, _WATCH.what = step, what
+
+
+def doing(what: str) -> None:
+    if _WATCH is not None:
+        _WATCH.what = what
+
+
+@contextmanager
+def phase(what: str) -> Iterator[None]:
+    """Name what the enclosed code waits in; the previous name returns after it (not after a failure)."""
+    if _WATCH is None:
+        yield
+        return
+    previous, _WATCH.what = _WATCH.what, what
+    yield
+    _WATCH.what = previous
+
+
+@contextmanager
+def region(step: int, what: str) -> Iterator[None]:
+    """Collectives whose failure is reported: a backend error inside becomes :class:`CollectiveError`.
+
+    Only torch's own errors are translated (plain RuntimeError, as gloo and DDP raise, and
+    torch.distributed's DistError); clipforge's RuntimeError subclasses pass through unchanged.
+    """
+    watch = _WATCH
+    if watch is None:
+        yield
+        return
+    import torch.distributed as dist
+
+    at(step, what)
+    began, watch.deadline = time.monotonic(), time.monotonic() + watch.timeout_s
+    try:
+        yield
+    except RuntimeError as err:
+        if type(err) is not RuntimeError and not isinstance(err, dist.DistError):
+            raise
+        if not watch.reported.acquire(blocking=False):  # the thread is reporting: let it finish
+            time.sleep(60)
+        first = str(err).strip().splitlines()[0][:300] if str(err).strip() else type(err).__name__
+        reason = f"failed after {time.monotonic() - began:.1f} s (timeout {watch.timeout_s:g} s): {first}"
+        raise CollectiveError(watch.report(reason)) from err
+    finally:
+        watch.deadline = None
