@@ -69,6 +69,23 @@ def build_tokenizer(section: TokenizerSection, context_length: int, saved: Path 
     return tokenizer
 
 
+def run_tokenizer(section: TokenizerSection, context_length: int, saved: Path,
+                  echo: Callable[[str], Any] = print) -> Tokenizer:
+    """The tokenizer a run's earlier start saved in ``saved``, else a new one, saved there atomically.
+
+    Written once: a resume reads the run's own copy and never rewrites it (a copy that cannot be
+    read, cut by a kill under an older version, is built and written again, with a message).
+    """
+    if is_saved_tokenizer(saved):
+        try:
+            return build_tokenizer(TokenizerSection(source=str(saved)), context_length)
+        except (OSError, ValueError) as err:
+            echo(f"the run's saved tokenizer {saved} cannot be read ({err}): building it again")
+    tokenizer = build_tokenizer(section, context_length, None, echo)
+    tokenizer.save(saved)
+    return tokenizer
+
+
 def build_clip(config: TrainConfig, tokenizer: Tokenizer) -> CLIP:
     """A new model (seeded by run.seed, identical on every rank) or the pretrained checkpoint."""
     section = config.model

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import sys
 import time
 from pathlib import Path
@@ -17,7 +16,6 @@ from typing import Any, TextIO
 from clipforge.paths import atomic_write
 
 METRICS_NAME = "metrics.jsonl"
-PAUSE_ENV = "CLIPFORGE_TEST_METRICS_PAUSE"
 
 
 def format_duration(seconds: float) -> str:
@@ -66,7 +64,6 @@ class MetricsLog:
         keep = [line for line in lines if line.strip() and _step_of(line) <= step]
         if len(keep) != len(lines):
             text = "".join(f"{line}\n" for line in keep)
-            _test_pause()
             atomic_write(self.path, text)
 
     def write(self, record: dict[str, Any]) -> None:
@@ -96,13 +93,6 @@ def _step_of(line: str) -> float:
         return json.loads(line).get("step", 0)
     except ValueError:
         return math.inf
-
-
-def _test_pause() -> None:
-    """Test hook: $CLIPFORGE_TEST_METRICS_PAUSE seconds between reading and replacing the log."""
-    seconds = os.environ.get(PAUSE_ENV)
-    if seconds:
-        time.sleep(float(seconds))
 
 
 def _tensorboard_writer(directory: Path, purge_step: int | None):

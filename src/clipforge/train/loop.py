@@ -19,9 +19,7 @@ from torch.distributed.checkpoint.state_dict import StateDictOptions, get_state_
 from clipforge.train import state as ckpt
 from clipforge.train import watch
 from clipforge.train.accumulate import forward_backward
-from clipforge.train.build import (
-    build_clip, build_loader, build_tokenizer, is_saved_tokenizer, model_config, total_steps,
-)
+from clipforge.train.build import build_clip, build_loader, build_tokenizer, model_config, run_tokenizer, total_steps
 from clipforge.train.config import TokenizerSection, TrainConfig
 from clipforge.train.distributed import (
     all_reduce_mean, barrier, broadcast_object, gather_objects, init_distributed, is_fsdp, set_timeout, unwrap,
@@ -65,6 +63,8 @@ class Trainer:
         self.model = wrap_model(self.train_model.to(self.info.device), config.run.distributed, self.info)
         if config.precision.compile:
             self.model.compile()
+        elif self.info.distributed:  # (hooks that write Python state would break a compiled graph)
+            watch.label_forward(self.model, self.train_model)
         family = "resnet" if self.clip.config.vision.is_resnet else "vit"
         self.optimizer = build_optimizer(self.model, config.optim, family)
         self.precision = Precision(config.precision, self.info.device)
@@ -97,32 +97,14 @@ class Trainer:
             barrier()
 
     def _build_tokenizer(self):
-        """The run's tokenizer, saved once in the run directory (atomically) and read from there later.
-
-        Rank 0 builds (or learns) it at the run's first start; every later start and every other
-        rank reads the saved copy, so a resumed run never depends on the source still being there.
-        """
+        """Rank 0 builds the tokenizer at the run's first start and saves it in the run directory
+        (once, atomically); every later start and every other rank reads that copy."""
         context = model_config(self.cfg.model).text.context_length
         saved = self.run_dir / "tokenizer"
-        tokenizer = None
-        if self.info.is_main:
-            tokenizer = self._saved_tokenizer(saved, context)
-            if tokenizer is None:
-                tokenizer = build_tokenizer(self.cfg.tokenizer, context, None, self.echo)
-                tokenizer.save(saved)
+        tokenizer = run_tokenizer(self.cfg.tokenizer, context, saved, self.echo) if self.info.is_main else None
         with watch.region(0, "start-up barrier (rank 0 writes the tokenizer)"):
             barrier()
         return tokenizer or build_tokenizer(TokenizerSection(source=str(saved)), context)
-
-    def _saved_tokenizer(self, saved: Path, context: int):
-        """The tokenizer an earlier start saved, or None (none yet, or unreadable: then it is rebuilt)."""
-        if not is_saved_tokenizer(saved):
-            return None
-        try:
-            return build_tokenizer(TokenizerSection(source=str(saved)), context)
-        except (OSError, ValueError) as err:  # a copy written by an older version, cut by a kill
-            self.echo(f"the run's saved tokenizer {saved} cannot be read ({err}): building it again")
-            return None
 
     def _seed_rank(self) -> None:
         """Per-rank random streams (dropout, patch dropout); the model itself was seeded identically."""
@@ -385,7 +367,7 @@ class Trainer:
             return
         path, clip_state, state = found if found is not None else (Path(chosen), *ckpt.read_checkpoint(chosen))
         if state["world_size"] != self.info.world_size:
-            raise ResumeError(_world_size_message(path, state["world_size"], self.info.world_size))
+            raise ResumeError(ckpt.world_size_mismatch(path, state["world_size"], self.info.world_size))
         self._load_state(clip_state, state)
         self.echo(f"resumed from {path} (step {self.step}, epoch {self.epoch})")
 
@@ -408,11 +390,3 @@ class Trainer:
                 self.echo(f"final model written to {final}")
             barrier()
 
-
-def _world_size_message(path: Path, written: int, now: int) -> str:
-    """Why a checkpoint of ``written`` ranks cannot continue with ``now``, and what to do instead."""
-    return (f"{path} was written by {written} process(es) and this run has {now}. The epoch's data order, "
-            f"each rank's data position and random state belong to {written} ranks, so only {written} can "
-            f"continue it exactly: resume with {written} process(es) (e.g. torchrun --nproc-per-node {written}), "
-            f"or start a new run from its weights and tokenizer with --set model.pretrained={path} "
-            f"--set tokenizer.source={path} (optimizer state, schedule and data position then start afresh)")

@@ -168,6 +168,15 @@ def find_resumable(run_dir: str | Path, log: Callable[[str], None] = print
     return None
 
 
+def world_size_mismatch(path: Path, written: int, now: int) -> str:
+    """Why a checkpoint of ``written`` ranks cannot continue with ``now``, and what to do instead."""
+    return (f"{path} was written by {written} process(es) and this run has {now}. The epoch's data order, "
+            f"each rank's data position and random state belong to {written} ranks, so only {written} can "
+            f"continue it exactly: resume with {written} process(es) (e.g. torchrun --nproc-per-node {written}), "
+            f"or start a new run from its weights and tokenizer: --out NEW_DIR --set model.pretrained={path} "
+            f"--set tokenizer.source={path} (optimizer state, schedule and data position then start afresh)")
+
+
 # ---- random number generator states, as tensors and plain values (weights_only-loadable) -----------
 
 

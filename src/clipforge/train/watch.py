@@ -41,7 +41,7 @@ class Watch:
         self.step, self.what = 0, "starting"
         self.deadline: float | None = None  # monotonic time by which the current region must end
         self.reported = threading.Lock()  # taken by whoever reports a failure first
-        self.stopped = threading.Event()
+        self.stopped, self.wake = threading.Event(), threading.Event()
         self.thread = threading.Thread(target=self._beat, name="clipforge-heartbeat", daemon=True)
         self.thread.start()
 
@@ -57,11 +57,13 @@ class Watch:
             deadline = self.deadline
             if deadline is not None and time.monotonic() > deadline + self.margin:
                 self._give_up()
-            self.stopped.wait(self.interval)
+            self.wake.wait(self.interval)
+            self.wake.clear()
 
     def stop(self) -> None:
         """End the thread (before the store goes away: a thread inside it at exit aborts the process)."""
         self.stopped.set()
+        self.wake.set()
         if self.thread is not threading.current_thread():
             self.thread.join(timeout=10)
 
@@ -140,6 +142,7 @@ def set_timeout(seconds: float) -> None:
     if _WATCH is not None:
         _WATCH.timeout_s = seconds
         _WATCH.interval = _interval(seconds)
+        _WATCH.wake.set()  # publish now, and from now on at the new pace
 
 
 def _interval(timeout_s: float) -> float:
@@ -155,6 +158,16 @@ def at(step: int, what: str) -> None:
 def doing(what: str) -> None:
     if _WATCH is not None:
         _WATCH.what = what
+
+
+def label_forward(outer: Any, inner: Any) -> None:
+    """Name the collectives torch's wrapper runs in forward: DDP broadcasts BatchNorm buffers
+    before the model's own forward, FSDP2 all-gathers each block's parameters during it."""
+    if outer is inner:  # FSDP2 shards in place
+        inner.register_forward_pre_hook(lambda *_: doing("forward: FSDP's parameter all-gathers"))
+        return
+    outer.register_forward_pre_hook(lambda *_: doing("start of forward: DDP's broadcast of buffers"))
+    inner.register_forward_pre_hook(lambda *_: doing("forward"))
 
 
 @contextmanager
