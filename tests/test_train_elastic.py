@@ -184,3 +184,26 @@ def test_a_stalled_rank_is_named_and_never_hangs_the_job(recipe, tmp_path):
     assert step > 2 and any(what in report for what in ("all-gather of features", "broadcast of buffers",
                                                         "gradient all-reduce", "checkpoint barrier")), report
     assert "  rank 1: not responding for" in job.output()
+
+
+LAST_RESORT = """
+import time, torch.distributed as dist
+from clipforge.train import watch
+store = dist.TCPStore("127.0.0.1", 0, 1, True, wait_for_workers=False)
+watch.start(store, rank=0, world_size=2, timeout_s=1.0)
+with watch.region(7, "training step"):
+    with watch.waiting("a collective that never returns"):
+        time.sleep(120)
+"""
+
+
+def test_a_collective_that_outlives_its_timeout_ends_the_process():
+    """The last resort, for a call that ignores its timeout: the heartbeat thread reports and exits."""
+    from clipforge.train.watch import EXIT_STALLED
+
+    began = time.monotonic()
+    result = subprocess.run([sys.executable, "-c", LAST_RESORT], capture_output=True, text=True, timeout=100)
+    assert result.returncode == EXIT_STALLED and time.monotonic() - began < 60
+    assert ("rank 0: step 7: a collective that never returns: still waiting 3 s after its 1 s timeout; "
+            "stalled or lost: rank(s) 1") in result.stderr
+    assert "  rank 1: no heartbeat in the store" in result.stderr

@@ -169,7 +169,7 @@ class _GatherWithGrad(torch.autograd.Function):
         ctx.rank, ctx.batch = dist.get_rank(), features.shape[0]
         out = torch.empty((world_size * features.shape[0], *features.shape[1:]),
                           dtype=features.dtype, device=features.device)
-        with watch.phase("all-gather of features"):
+        with watch.waiting("all-gather of features"):
             dist.all_gather(list(out.chunk(world_size)), features.contiguous())
         return out
 
@@ -178,7 +178,7 @@ class _GatherWithGrad(torch.autograd.Function):
         grad = grad.contiguous()
         # What follows in backward waits for DDP's / FSDP's gradient reduction.
         watch.doing("backward: gradient all-reduce")
-        with watch.phase("reduce-scatter of the features' gradients"):
+        with watch.waiting("reduce-scatter of the features' gradients"):
             if dist.get_backend() == "nccl":
                 mine = torch.empty((ctx.batch, *grad.shape[1:]), dtype=grad.dtype, device=grad.device)
                 dist.reduce_scatter_tensor(mine, grad)
@@ -205,7 +205,8 @@ def all_reduce_mean(value: torch.Tensor) -> torch.Tensor:
     if world_size == 1:
         return value
     value = value.detach().clone()
-    dist.all_reduce(value)
+    with watch.waiting():
+        dist.all_reduce(value)
     return value / world_size
 
 
@@ -215,7 +216,8 @@ def broadcast_object(obj: object, src: int = 0) -> object:
     if world_size == 1:
         return obj
     box = [obj]
-    dist.broadcast_object_list(box, src=src)
+    with watch.waiting():
+        dist.broadcast_object_list(box, src=src)
     return box[0]
 
 
@@ -225,13 +227,15 @@ def gather_objects(obj: object) -> list[object]:
     if world_size == 1:
         return [obj]
     out: list[object] = [None] * world_size
-    dist.all_gather_object(out, obj)
+    with watch.waiting():
+        dist.all_gather_object(out, obj)
     return out
 
 
 def barrier() -> None:
     if _world()[1] > 1:
-        dist.barrier()
+        with watch.waiting():
+            dist.barrier()
 
 
 def _shard_units(model: nn.Module) -> list[nn.Module]:

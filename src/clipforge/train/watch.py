@@ -5,8 +5,9 @@ Every rank keeps its position in memory (the step, and what it is doing: "loadin
 store every ``interval`` seconds with the wall-clock time. When a collective fails (its timeout
 passed, or a peer's connection broke), :func:`region` reads every rank's last heartbeat and raises
 :class:`CollectiveError` naming this rank, the step, the collective and the ranks that stopped
-responding or are elsewhere. The thread is the last resort: a rank still inside one region
-``margin`` seconds past its timeout (a collective that never returns) prints the same and exits.
+responding or are elsewhere. The thread is the last resort: a rank still inside one collective call
+``margin`` seconds past its timeout (:func:`waiting`; a collective that never returns) prints the
+same and exits.
 
 A single process has no watch; every function here is then a no-op.
 """
@@ -25,6 +26,7 @@ from typing import Any, Iterator
 EXIT_STALLED = 3  # exit status of a rank the last-resort thread stops
 _KEY = "clipforge_heartbeat/{}"
 _WATCH: "Watch | None" = None
+_COMMUNICATION_WORDS = ("gloo", "nccl", "timed out", "timeout", "connection", "closed", "peer", "socket")
 
 
 class CollectiveError(RuntimeError):
@@ -39,7 +41,8 @@ class Watch:
         self.timeout_s = timeout_s
         self.interval = _interval(timeout_s)
         self.step, self.what = 0, "starting"
-        self.deadline: float | None = None  # monotonic time by which the current region must end
+        self.since: float | None = None  # when the collective now waited in began (monotonic)
+        self.deadline: float | None = None  # ... and by when it must have ended
         self.reported = threading.Lock()  # taken by whoever reports a failure first
         self.stopped, self.wake = threading.Event(), threading.Event()
         self.thread = threading.Thread(target=self._beat, name="clipforge-heartbeat", daemon=True)
@@ -171,40 +174,53 @@ def label_forward(outer: Any, inner: Any) -> None:
 
 
 @contextmanager
-def phase(what: str) -> Iterator[None]:
-    """Name what the enclosed code waits in; the previous name returns after it (not after a failure)."""
-    if _WATCH is None:
-        yield
-        return
-    previous, _WATCH.what = _WATCH.what, what
-    yield
-    _WATCH.what = previous
-
-
-@contextmanager
-def region(step: int, what: str) -> Iterator[None]:
-    """Collectives whose failure is reported: a backend error inside becomes :class:`CollectiveError`.
-
-    Only torch's own errors are translated (plain RuntimeError, as gloo and DDP raise, and
-    torch.distributed's DistError); clipforge's RuntimeError subclasses pass through unchanged.
-    """
+def waiting(what: str | None = None) -> Iterator[None]:
+    """Inside one collective call: names it (``what``, or keeps the current name) and arms the
+    last-resort deadline (the current timeout). The previous name returns after it, not after a
+    failure (the report names where it failed)."""
     watch = _WATCH
     if watch is None:
         yield
         return
+    previous = watch.what, watch.since, watch.deadline
+    watch.what = what or watch.what
+    watch.since = time.monotonic()
+    watch.deadline = watch.since + watch.timeout_s
+    try:
+        yield
+    finally:
+        watch.since, watch.deadline = previous[1:]
+    watch.what = previous[0]
+
+
+def _is_communication_error(err: RuntimeError) -> bool:
+    """torch.distributed's own errors, and the plain RuntimeErrors gloo and DDP's reducer raise."""
     import torch.distributed as dist
 
+    if isinstance(err, dist.DistError):
+        return True
+    return type(err) is RuntimeError and any(word in str(err).lower() for word in _COMMUNICATION_WORDS)
+
+
+@contextmanager
+def region(step: int, what: str) -> Iterator[None]:
+    """Collectives whose failure is reported: a communication error inside becomes :class:`CollectiveError`
+    naming the rank, the step, what it waited in and the other ranks' last positions. Other errors
+    (clipforge's own, out of memory, a bug) pass through unchanged."""
+    watch = _WATCH
+    if watch is None:
+        yield
+        return
     at(step, what)
-    began, watch.deadline = time.monotonic(), time.monotonic() + watch.timeout_s
+    began = time.monotonic()
     try:
         yield
     except RuntimeError as err:
-        if type(err) is not RuntimeError and not isinstance(err, dist.DistError):
+        if not _is_communication_error(err):
             raise
-        if not watch.reported.acquire(blocking=False):  # the thread is reporting: let it finish
+        if not watch.reported.acquire(blocking=False):  # the thread is reporting and exiting
             time.sleep(60)
         first = str(err).strip().splitlines()[0][:300] if str(err).strip() else type(err).__name__
-        reason = f"failed after {time.monotonic() - began:.1f} s (timeout {watch.timeout_s:g} s): {first}"
+        spent = time.monotonic() - (watch.since or began)
+        reason = f"failed after {spent:.1f} s (timeout {watch.timeout_s:g} s): {first}"
         raise CollectiveError(watch.report(reason)) from err
-    finally:
-        watch.deadline = None
