@@ -82,6 +82,7 @@ def run(args: argparse.Namespace) -> int:
     try:
         config = config_from_args(args)
         model, preprocess, tokenizer = clipforge.load(args.model, device=args.device, model=args.arch)
+        model = clipforge.optimize_for_inference(model, inplace=True)  # exact; the report names the checkpoint
         if tokenizer is None:
             raise ValueError(f"{args.model}: no tokenizer saved with the model and OpenAI's vocabulary is not available")
         out = Path(args.out)

@@ -211,6 +211,17 @@ class _ImageFiles(Dataset):
             raise ValueError(f"cannot read image {path}: {err}") from err
 
 
+def _probe_module(model: Any):
+    """The module whose output is the image representation before the projection (its family says),
+    or None (the projected features are used)."""
+    config = getattr(model, "config", None)
+    if config is None or not hasattr(model, "visual"):
+        return None
+    from clipforge import families
+
+    return families.of(config.vision).probe_module(model.visual)
+
+
 def encode_images(
     model: Any,
     preprocess: Callable[[Image.Image], torch.Tensor],
@@ -227,8 +238,8 @@ def encode_images(
     dataset = images if isinstance(images, Dataset) else _ImageFiles(images, preprocess)
     loader = DataLoader(dataset, batch_size=batch_size, num_workers=num_workers, shuffle=False)
     captured: list[torch.Tensor] = []
-    ln_post = getattr(getattr(model, "visual", None), "ln_post", None)
-    hook = ln_post.register_forward_hook(lambda m, i, out: captured.append(out.float().cpu())) if ln_post else None
+    probe = _probe_module(model)
+    hook = probe.register_forward_hook(lambda m, i, out: captured.append(out.float().cpu())) if probe else None
     device, embeddings, thumbnails = model_device(model), [], []
     try:
         with eval_mode(model):

@@ -70,9 +70,9 @@ def zero_shot_accuracy(
         data = load_classification_set(data)
     if isinstance(data, ClassificationSet):
         if preprocess is None:
-            from clipforge.transforms import eval_transform
+            from clipforge.transforms import preprocess_for
 
-            preprocess = eval_transform(model.image_size)
+            preprocess = preprocess_for(model.config)
         features = encode_images(model, preprocess, data.paths, batch_size=batch_size, progress=progress).embeddings
         labels, classnames = data.labels, classnames or data.classnames
     else:

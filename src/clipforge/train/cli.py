@@ -68,7 +68,8 @@ def run(args: argparse.Namespace) -> int:
         print(json.dumps(config.to_dict(), indent=2))
         return 0
     from clipforge.train.distributed import destroy_distributed
-    from clipforge.train.loop import ResumeError, Trainer
+    from clipforge.train.loop import Trainer
+    from clipforge.train.state import ResumeError
     from clipforge.train.watch import CollectiveError
 
     try:

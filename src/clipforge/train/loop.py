@@ -17,8 +17,9 @@ import torch
 from torch.distributed.checkpoint.state_dict import StateDictOptions, get_state_dict, set_state_dict
 
 from clipforge.train import state as ckpt
+from clipforge import families, fastpath
 from clipforge.train import watch
-from clipforge.train.accumulate import forward_backward
+from clipforge.train.accumulate import StepContext, forward_backward
 from clipforge.train.build import build_clip, build_loader, build_tokenizer, model_config, run_tokenizer, total_steps
 from clipforge.train.config import TokenizerSection, TrainConfig
 from clipforge.train.distributed import (
@@ -26,21 +27,17 @@ from clipforge.train.distributed import (
     wrap_model,
 )
 from clipforge.train.logging import MetricsLog, Progress
+from clipforge.train.losses import build_loss
 from clipforge.train.objective import TrainModel
-from clipforge.train.optim import (
-    apply_locks, build_optimizer, clamp_logit_scale, clip_gradients, learning_rate, set_learning_rate,
-)
+from clipforge.train.optim import apply_locks, build_optimizer, clip_gradients, learning_rate, set_learning_rate
 from clipforge.train.precision import Precision
+from clipforge.transforms import preprocess_for
 
 _FULL = StateDictOptions(full_state_dict=True, cpu_offload=True)
 
 
 class NonFiniteError(RuntimeError):
     """Too many consecutive steps had a NaN/Inf loss or gradient."""
-
-
-class ResumeError(ValueError):
-    """A checkpoint that this run cannot continue exactly (e.g. written by another number of ranks)."""
 
 
 class Trainer:
@@ -56,8 +53,11 @@ class Trainer:
         self._prepare_run_dir()
         self.tokenizer = tokenizer or self._build_tokenizer()
         self.clip = build_clip(config, self.tokenizer)
+        self.loss = build_loss(config.loss)
+        if not config.model.pretrained:
+            self.loss.init_model(self.clip)  # the temperature (and bias) the loss starts from
         self._seed_rank()
-        self.train_model = TrainModel(self.clip, config.run.loss, config.precision.channels_last)
+        self.train_model = TrainModel(self.clip, self.loss, config.precision.channels_last)
         self.frozen = apply_locks(self.clip, config.optim)
         self.clip.set_grad_checkpointing(config.precision.grad_checkpointing)
         self.model = wrap_model(self.train_model.to(self.info.device), config.run.distributed, self.info)
@@ -65,9 +65,10 @@ class Trainer:
             self.model.compile()
         elif self.info.distributed:  # (hooks that write Python state would break a compiled graph)
             watch.label_forward(self.model, self.train_model)
-        family = "resnet" if self.clip.config.vision.is_resnet else "vit"
-        self.optimizer = build_optimizer(self.model, config.optim, family)
+        self.optimizer = build_optimizer(self.model, config.optim, families.of(self.clip.config.vision).adam)
         self.precision = Precision(config.precision, self.info.device)
+        self.step_context = StepContext(self.info.device, self.precision.autocast, self.precision.scale,
+                                        self._trims_tokens())
         self.loader = loader or build_loader(config, self.clip.image_size, self.tokenizer,
                                              self.info.rank, self.info.world_size)
         self.steps_per_epoch = len(self.loader) // config.run.accum_steps
@@ -122,7 +123,16 @@ class Trainer:
             return None
         from clipforge.train.evaluate import PeriodicEval
 
-        return PeriodicEval(self.cfg.eval, self.clip.image_size, self.tokenizer)
+        return PeriodicEval(self.cfg.eval, preprocess_for(self.clip.config), self.tokenizer)
+
+    def _trims_tokens(self) -> bool:
+        """Whether steps cut token batches after the longest caption: where exact, unless turned off."""
+        asked, exact = self.cfg.run.trim_tokens, fastpath.trims_exactly(self.clip)
+        if asked and not exact:
+            kind = self.clip.config.text.kind
+            raise ValueError(f"run.trim_tokens = true, but the {kind!r} text tower's outputs depend on positions "
+                             "after the captions: trimming would change them; leave run.trim_tokens unset")
+        return exact if asked is None else asked
 
     def loader_batch_size(self) -> int:
         return getattr(getattr(self.loader, "config", None), "batch_size", None) or self.cfg.data.batch_size
@@ -206,14 +216,11 @@ class Trainer:
 
     def _write_data_report(self) -> None:
         """Every rank's bad-data report (``<run>/data_report[.rankR].json``), when its loader keeps one."""
-        write = getattr(self.loader, "write_report", None)
-        if write is not None:
-            write()
+        getattr(self.loader, "write_report", lambda: None)()
 
     def _data_errors(self) -> int:
         """Samples skipped or lost so far in this epoch on this rank (0 for loaders without a report)."""
-        report = getattr(self.loader, "report", None)
-        return report.errors if report is not None else 0
+        return getattr(getattr(self.loader, "report", None), "errors", 0)
 
     def _next_batches(self) -> list[tuple[torch.Tensor, torch.Tensor]]:
         """The step's ``accum_steps`` micro-batches; a new epoch starts when this one's steps are done."""
@@ -243,8 +250,7 @@ class Trainer:
         """
         self.optimizer.zero_grad(set_to_none=True)
         buffers = [b.detach().clone() for b in self.clip.buffers()]  # BatchNorm statistics of a bad batch are undone
-        loss, diagnostics = forward_backward(self.model, batches, self.cfg.run.loss, self.info.device,
-                                             self.precision.autocast, self.precision.scale)
+        loss, diagnostics = forward_backward(self.model, batches, self.step_context)
         self.precision.unscale(self.optimizer)
         # The norm is also the gradient finiteness check (a NaN/Inf anywhere makes it non-finite),
         # so it is needed every step, clipping or not.
@@ -256,7 +262,7 @@ class Trainer:
         finite = math.isfinite(loss_value) and math.isfinite(norm_value)
         if finite:
             self.precision.step(self.optimizer)
-            clamp_logit_scale(self.clip)
+            self.loss.after_step(self.clip)
             self.skipped = 0
         else:
             with torch.no_grad():
@@ -340,8 +346,8 @@ class Trainer:
         return path
 
     def _write_model(self, directory: Path, model_state: dict[str, torch.Tensor]) -> None:
-        clip_state = {k.removeprefix("clip."): v for k, v in model_state.items() if k.startswith("clip.")}
-        ckpt.write_model_dir(directory, clip_state, self.clip.config, self.tokenizer)
+        clip = {k.removeprefix("clip."): v for k, v in model_state.items() if k.startswith("clip.")}
+        ckpt.write_model_dir(directory, clip, self.clip.config, self.tokenizer)
 
     def _train_state(self, optim_state, model_state, rng, data) -> dict[str, Any]:
         extra = {k: v for k, v in model_state.items() if not k.startswith("clip.")}
@@ -367,12 +373,14 @@ class Trainer:
             return
         path, clip_state, state = found if found is not None else (Path(chosen), *ckpt.read_checkpoint(chosen))
         if state["world_size"] != self.info.world_size:
-            raise ResumeError(ckpt.world_size_mismatch(path, state["world_size"], self.info.world_size))
+            raise ckpt.ResumeError(ckpt.world_size_mismatch(path, state["world_size"], self.info.world_size))
         self._load_state(clip_state, state)
         self.echo(f"resumed from {path} (step {self.step}, epoch {self.epoch})")
 
     def _load_state(self, clip_state: dict[str, torch.Tensor], state: dict[str, Any]) -> None:
-        model_state = {f"clip.{k}": v for k, v in clip_state.items()} | state["extra_params"]
+        # The loss's parameters sit under "loss." (checkpoints written before losses were components: at the top).
+        extra = {("loss.logit_bias" if k == "logit_bias" else k): v for k, v in state["extra_params"].items()}
+        model_state = {f"clip.{k}": v for k, v in clip_state.items()} | extra
         set_state_dict(self.model, self.optimizer, model_state_dict=model_state,
                        optim_state_dict=state["optimizer"], options=StateDictOptions(full_state_dict=True))
         self.precision.load_state_dict(state["scaler"])
@@ -389,4 +397,3 @@ class Trainer:
                 ckpt.replace_dir(final, lambda d: ckpt.write_model_dir(d, clip_state, self.clip.config, self.tokenizer))
                 self.echo(f"final model written to {final}")
             barrier()
-

@@ -168,6 +168,10 @@ def find_resumable(run_dir: str | Path, log: Callable[[str], None] = print
     return None
 
 
+class ResumeError(ValueError):
+    """A checkpoint that this run cannot continue exactly (e.g. written by another number of ranks)."""
+
+
 def world_size_mismatch(path: Path, written: int, now: int) -> str:
     """Why a checkpoint of ``written`` ranks cannot continue with ``now``, and what to do instead."""
     return (f"{path} was written by {written} process(es) and this run has {now}. The epoch's data order, "
