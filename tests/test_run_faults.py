@@ -73,6 +73,7 @@ def _recipe(shards: Path, tmp: Path, **data) -> Path:
 # ---- 1, 2: the data report --------------------------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_every_run_writes_its_data_report_and_shows_skips(shards, tmp_path):
     """No data.report set: the run writes <run>/data_report.json at each checkpoint, at the end of
     the epoch and when it stops, and the progress line counts the skipped samples."""
@@ -132,6 +133,7 @@ def _records(run: Path) -> list[dict]:
     return [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
 
 
+@pytest.mark.slow
 def test_sigkill_while_writing_the_tokenizer_or_the_log_loses_nothing(shards, tmp_path):
     recipe = _recipe(shards, tmp_path)
     reference = tmp_path / "reference"
@@ -171,6 +173,7 @@ def test_sigkill_while_writing_the_tokenizer_or_the_log_loses_nothing(shards, tm
 # ---- 5, 6, 7: what the project promises --------------------------------------------------------------
 
 
+@pytest.mark.slow  # two data workers are two processes
 def test_data_order_depends_on_ranks_and_workers_as_documented(shards):
     """Same configuration: same order. Another number of ranks or workers: the same samples in another
     order (so 'equals a single process' holds for the same global batch, not the same data order)."""

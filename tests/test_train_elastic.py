@@ -23,7 +23,6 @@ from clipforge.train.logging import read_metrics
 from clipforge.train.state import PAUSE_ENV, list_checkpoints
 from test_data_common import make_shards
 
-pytestmark = pytest.mark.slow
 STEPS, EVERY = 8, 3
 
 
@@ -114,6 +113,7 @@ def reference(recipe) -> Path:
     return job.run
 
 
+@pytest.mark.slow
 def test_restarts_resume_exactly_after_killing_either_rank(recipe, reference, tmp_path):
     """Rank 1 is killed 3 steps after checkpoint 3 (while rank 0 writes checkpoint 6), then rank 0 is
     killed half-way through writing checkpoint 6: both restarts resume from checkpoint 3 on every rank,
@@ -138,6 +138,7 @@ def test_restarts_resume_exactly_after_killing_either_rank(recipe, reference, tm
     _assert_same_run(job.run, reference)
 
 
+@pytest.mark.slow
 def test_without_restarts_a_kill_ends_the_job_and_the_run_resumes(recipe, reference, tmp_path):
     """--max-restarts 0: rank 1 killed (while rank 0 writes checkpoint 6), the job exits non-zero at
     once; one process refuses the two-rank checkpoint and says what to do; the same two-rank command
@@ -161,6 +162,7 @@ def test_without_restarts_a_kill_ends_the_job_and_the_run_resumes(recipe, refere
     _assert_same_run(job.run, reference)
 
 
+@pytest.mark.slow
 def test_a_stalled_rank_is_named_and_never_hangs_the_job(recipe, tmp_path):
     """SIGSTOP of rank 1 in training: rank 0 exits non-zero within its 5 s step timeout plus a small
     margin, naming itself, the step, the collective and rank 1 as the one not responding."""
@@ -197,6 +199,7 @@ with watch.region(7, "training step"):
 """
 
 
+@pytest.mark.slow
 def test_a_collective_that_outlives_its_timeout_ends_the_process():
     """The last resort, for a call that ignores its timeout: the heartbeat thread reports and exits."""
     from clipforge.train.watch import EXIT_STALLED
@@ -207,3 +210,15 @@ def test_a_collective_that_outlives_its_timeout_ends_the_process():
     assert ("rank 0: step 7: a collective that never returns: still waiting 3 s after its 1 s timeout; "
             "stalled or lost: rank(s) 1") in result.stderr
     assert "  rank 1: no heartbeat in the store" in result.stderr
+
+
+def test_the_timeouts_are_recipe_keys_checked_like_any_other():
+    from clipforge.train.config import ConfigError, load_config
+
+    config = load_config(None, {"distributed.step_timeout_s": "5", "distributed.init_timeout_s": "60"})
+    assert (config.distributed.step_timeout_s, config.distributed.init_timeout_s) == (5.0, 60.0)
+    assert config.distributed.checkpoint_timeout_s == 600.0
+    with pytest.raises(ConfigError, match="distributed.step_timeout_s must be > 0"):
+        load_config(None, {"distributed.step_timeout_s": "0"})
+    with pytest.raises(ConfigError, match="unknown config key 'distributed.timeout'"):
+        load_config(None, {"distributed.timeout": "5"})

@@ -91,7 +91,8 @@ def init_distributed(device: str = "auto", config: DistributedConfig = Distribut
         store = attempt_store(rank, world_size, timeout)
         dist.init_process_group(backend, store=store, rank=rank, world_size=world_size, timeout=timeout,
                                 device_id=target if use_cuda else None)
-        watch.start(store.clone(), rank, world_size, config.init_timeout_s)
+        # Its own client: the heartbeat thread never waits behind the main thread's store calls.
+        watch.start(store.clone() if hasattr(store, "clone") else store, rank, world_size, config.init_timeout_s)
     return DistInfo(rank, world_size, local_rank, target, backend)
 
 
@@ -143,7 +144,7 @@ def _agree_generation(store: dist.Store, rank: int, world_size: int, timeout_s: 
 def set_timeout(seconds: float) -> None:
     """Change the default group's collective timeout (gloo and NCCL), as torchtitan does after step 1."""
     if dist.is_available() and dist.is_initialized():
-        from torch.distributed.distributed_c10d import _set_pg_timeout
+        from torch.distributed.distributed_c10d import _set_pg_timeout  # torchtitan uses it too
 
         _set_pg_timeout(timedelta(seconds=seconds))
     watch.set_timeout(seconds)

@@ -20,8 +20,11 @@ import os
 import sys
 import threading
 import time
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager, nullcontext
 from typing import Any, Iterator
+
+import torch
+import torch.distributed as dist
 
 EXIT_STALLED = 3  # exit status of a rank the last-resort thread stops
 _KEY = "clipforge_heartbeat/{}"
@@ -159,8 +162,13 @@ def at(step: int, what: str) -> None:
 
 
 def doing(what: str) -> None:
-    if _WATCH is not None:
+    if _WATCH is not None and not _compiling():
         _WATCH.what = what
+
+
+def _compiling() -> bool:
+    """True while torch.compile traces: the watch stays out of compiled graphs (its state is Python's)."""
+    return torch.compiler.is_compiling()
 
 
 def label_forward(outer: Any, inner: Any) -> None:
@@ -173,15 +181,15 @@ def label_forward(outer: Any, inner: Any) -> None:
     inner.register_forward_pre_hook(lambda *_: doing("forward"))
 
 
-@contextmanager
-def waiting(what: str | None = None) -> Iterator[None]:
+def waiting(what: str | None = None) -> AbstractContextManager:
     """Inside one collective call: names it (``what``, or keeps the current name) and arms the
     last-resort deadline (the current timeout). The previous name returns after it, not after a
     failure (the report names where it failed)."""
-    watch = _WATCH
-    if watch is None:
-        yield
-        return
+    return nullcontext() if _WATCH is None or _compiling() else _waiting(_WATCH, what)
+
+
+@contextmanager
+def _waiting(watch: Watch, what: str | None) -> Iterator[None]:
     previous = watch.what, watch.since, watch.deadline
     watch.what = what or watch.what
     watch.since = time.monotonic()
@@ -195,8 +203,6 @@ def waiting(what: str | None = None) -> Iterator[None]:
 
 def _is_communication_error(err: RuntimeError) -> bool:
     """torch.distributed's own errors, and the plain RuntimeErrors gloo and DDP's reducer raise."""
-    import torch.distributed as dist
-
     if isinstance(err, dist.DistError):
         return True
     return type(err) is RuntimeError and any(word in str(err).lower() for word in _COMMUNICATION_WORDS)
