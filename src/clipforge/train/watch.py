@@ -27,6 +27,7 @@ import torch
 import torch.distributed as dist
 
 EXIT_STALLED = 3  # exit status of a rank the last-resort thread stops
+MAX_NAMED = 32  # culprits a report names one by one
 _KEY = "clipforge_heartbeat/{}"
 _WATCH: "Watch | None" = None
 _COMMUNICATION_WORDS = ("gloo", "nccl", "timed out", "timeout", "connection", "closed", "peer", "socket")
@@ -100,7 +101,8 @@ class Watch:
         return beats
 
     def report(self, reason: str) -> str:
-        """One line naming this rank's position, the failure and the culprits, then one line per other rank.
+        """One line naming this rank's position, the failure and the culprits, then one line per
+        culprit (the ranks not responding, or elsewhere than this one) and a count of the others.
 
         A rank is not responding when its heartbeat is older than three intervals, or did not
         move during one and a half intervals (a rank killed a moment ago still has a fresh one).
@@ -110,20 +112,24 @@ class Watch:
             time.sleep(1.5 * self.interval)
         lines, culprits, now = [], [], time.time()
         for other, beat in self.peers().items():
-            before = first.get(other)
             if beat is None:
-                lines.append(f"  rank {other}: no heartbeat in the store")
                 culprits.append(other)
+                lines.append(f"  rank {other}: no heartbeat in the store")
                 continue
-            silent = now - beat["time"]
+            silent, before = now - beat["time"], first.get(other)
             stopped = silent > 3 * self.interval or (before is not None and before["time"] == beat["time"])
-            state = f"not responding for {silent:.1f} s" if stopped else "alive"
-            lines.append(f"  rank {other}: {state}, last at step {beat['step']}: {beat['what']}")
             if stopped or (beat["step"], beat["what"]) != (self.step, self.what):
                 culprits.append(other)
-        blame = f"; stalled or lost: rank(s) {', '.join(map(str, culprits))}" if culprits else ""
-        head = f"rank {self.rank}: step {self.step}: {self.what}: {reason}{blame}"
-        return "\n".join([head, *lines])
+                state = f"not responding for {silent:.1f} s" if stopped else "alive"
+                lines.append(f"  rank {other}: {state}, last at step {beat['step']}: {beat['what']}")
+        shown = lines[:MAX_NAMED]
+        if len(lines) > len(shown):
+            shown.append(f"  ... and {len(lines) - len(shown)} more")
+        others = self.world_size - 1 - len(culprits)
+        if others:
+            shown.append(f"  {others} other rank(s) alive in the same place")
+        blame = f"; stalled or lost: rank(s) {', '.join(map(str, culprits[:MAX_NAMED]))}" if culprits else ""
+        return "\n".join([f"rank {self.rank}: step {self.step}: {self.what}: {reason}{blame}", *shown])
 
 
 def start(store: Any, rank: int, world_size: int, timeout_s: float) -> Watch:
@@ -144,7 +150,7 @@ def stop() -> None:
 
 
 def set_timeout(seconds: float) -> None:
-    """The timeout of the regions that start from now on (the heartbeat keeps pace with it)."""
+    """The timeout of the collective calls that start from now on (the heartbeat keeps pace with it)."""
     if _WATCH is not None:
         _WATCH.timeout_s = seconds
         _WATCH.interval = _interval(seconds)
