@@ -40,7 +40,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--config", metavar="RECIPE", help="a TOML or JSON recipe (e.g. configs/demo.toml)")
     parser.add_argument("--set", metavar="KEY=VALUE", action="append", default=[],
                         help="override a config key, e.g. --set optim.lr=1e-3 (also: --optim.lr 1e-3)")
-    parser.add_argument("--out", metavar="DIR", help="the run directory (run.out)")
+    parser.add_argument("--out", metavar="DIR", help="the run directory (run.out): train_config.json, metrics.jsonl, "
+                        "data_report.json (bad samples), tokenizer/, checkpoints/, final/")
     parser.add_argument("--resume", metavar="latest|DIR", help="continue from the newest complete checkpoint or DIR")
     parser.add_argument("--stop-at", type=int, metavar="STEP", help="stop after STEP (checkpointed), to resume later")
     parser.add_argument("--print-config", action="store_true", help="print the resolved config and exit")
