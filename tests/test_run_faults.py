@@ -170,6 +170,21 @@ def test_sigkill_while_writing_the_tokenizer_or_the_log_loses_nothing(shards, tm
     assert all(torch.equal(ours[k], theirs[k]) for k in theirs)
 
 
+def test_a_rewrite_killed_between_its_renames_keeps_the_complete_copy(tmp_path):
+    """replace_dir moves the old directory aside before renaming the new one in; a kill between the
+    two renames leaves .old_<name> (complete) and .tmp_<name>: the next start puts the old one back."""
+    from clipforge.train.state import remove_unfinished, replace_dir
+
+    root = tmp_path / "checkpoints"
+    replace_dir(root / "step_000003", lambda d: (d / "weights").write_text("three"))
+    (root / "step_000003").rename(root / ".old_step_000003")  # the state between the two renames
+    (root / ".tmp_step_000003").mkdir()
+    assert [p.name for p in remove_unfinished(tmp_path)] == [".tmp_step_000003"]
+    assert (root / "step_000003" / "weights").read_text() == "three" and not list(root.glob(".*"))
+    replace_dir(root / "step_000003", lambda d: (d / "weights").write_text("again"))
+    assert (root / "step_000003" / "weights").read_text() == "again" and not list(root.glob(".*"))
+
+
 # ---- 5, 6, 7: what the project promises --------------------------------------------------------------
 
 
