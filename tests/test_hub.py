@@ -107,6 +107,22 @@ def test_full_load_of_a_hub_repository_with_tokenizer(offline_cache, monkeypatch
         assert torch.equal(value, tiny_vit_state[key]), key
 
 
+def test_hf_hub_transformers_clip_repository_dispatches_on_its_layout(offline_cache, tiny_vit_state):
+    """A transformers CLIPModel repository (config.json model_type "clip"): the same resolver, HF's layout."""
+    from clipforge import hf
+
+    config = clipforge.registry.get_config("tiny-vit")
+    write_hf_cache(offline_cache, "test-org/hf-clip", {
+        "config.json": json.dumps(hf.hf_config_dict(config)).encode(),
+        "model.safetensors": safetensors_bytes(hf.state_to_hf(tiny_vit_state))})
+    directory = resolve_checkpoint("hf-hub:test-org/hf-clip")
+    assert layouts.of(directory).name == "hf_clip"
+    model = load_model(directory)
+    assert model.config == config
+    for key, value in model.state_dict().items():
+        assert torch.equal(value, tiny_vit_state[key]), key
+
+
 def test_missing_weights_offline_name_the_files(offline_cache):
     config_text, _, _ = _variant("B-32")
     write_hf_cache(offline_cache, "test-org/config-only", {"open_clip_config.json": config_text.encode()})
