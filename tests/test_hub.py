@@ -99,7 +99,8 @@ def test_full_load_of_a_hub_repository_with_tokenizer(offline_cache, monkeypatch
                                       "vision_cfg": {"image_size": 32, "layers": 2, "width": 128, "patch_size": 8},
                                       "text_cfg": {"width": 128, "heads": 2, "layers": 2}}}
     write_hf_cache(offline_cache, "test-org/tiny-vit", {
-        "open_clip_config.json": json.dumps(open_clip_config).encode(), "open_clip_pytorch_model.bin": pickle_bytes(tiny_vit_state)})
+        "open_clip_config.json": json.dumps(open_clip_config).encode(),
+        "open_clip_pytorch_model.bin": pickle_bytes(tiny_vit_state)})
     model, preprocess, tokenizer = clipforge.load("hf-hub:test-org/tiny-vit")
     assert model.config == clipforge.registry.get_config("tiny-vit")  # the same architecture, read from open_clip's file
     assert preprocess.image_size == 32 and tokenizer(["a photo of a cat"]).shape == (1, 77)

@@ -13,6 +13,7 @@ import torch
 from safetensors import safe_open
 from torch import nn
 
+from clipforge.checkpoint import infer_config
 from clipforge.config import PreprocessConfig
 from clipforge.model import CLIP, QuickGELU
 from clipforge.openclip_format import config_from_openclip
@@ -45,6 +46,17 @@ def test_full_size_architecture_matches_open_clip(name):
     assert (config.vision.num_heads, config.text.num_heads) == (expected["vision_heads"], expected["text_heads"])
     act = QuickGELU if expected["quick_gelu"] else nn.GELU
     assert {type(m) for m in model.modules() if isinstance(m, (QuickGELU, nn.GELU))} == {act}
+
+
+@pytest.mark.parametrize("name", sorted(ARCHITECTURES))
+def test_an_open_clip_state_dict_without_its_config_gets_open_clips_heads(name):
+    """Shapes alone do not give head counts: the registered architectures of those shapes supply them."""
+    expected = ARCHITECTURES[name]
+    state = {k: torch.empty(shape, device="meta") for k, shape in expected["state_dict"].items()}
+    config = infer_config(state, act="quick_gelu" if expected["quick_gelu"] else "gelu")
+    assert (config.vision.num_heads, config.text.num_heads) == (expected["vision_heads"], expected["text_heads"])
+    with torch.device("meta"):
+        assert {k: list(v.shape) for k, v in CLIP(config).state_dict().items()} == expected["state_dict"]
 
 
 def _variant(path: Path):

@@ -16,7 +16,9 @@ Safety: nothing in a checkpoint is ever executed.
 from __future__ import annotations
 
 import collections
+import dataclasses
 import json
+import math
 import os
 import pickle
 import re
@@ -282,7 +284,34 @@ def infer_config(state: dict[str, torch.Tensor], act: str = "quick_gelu", source
 def _infer_config(state: dict[str, torch.Tensor], act: str) -> ModelConfig:
     text = families.text_family("causal").infer_config(state, act)
     vision = families.infer_vision(state, act)
-    return ModelConfig(embed_dim=state["text_projection"].shape[1], vision=vision, text=text)
+    return _registered_heads(ModelConfig(embed_dim=state["text_projection"].shape[1], vision=vision, text=text))
+
+
+def _registered_heads(config: ModelConfig) -> ModelConfig:
+    """Shapes do not tell head counts; the family's rule (OpenAI's 64-wide heads) does not hold for
+    open_clip's ViT-H/g/bigG (80, 88, 104 wide). When the registered architectures of these shapes
+    agree on their heads, those are used."""
+    from clipforge.registry import available_models, get_config
+
+    heads = {(c.vision.heads, c.text.heads) for c in map(get_config, available_models())
+             if _same_shapes(c.vision, config.vision) and _same_shapes(c.text, config.text) and c.embed_dim == config.embed_dim}
+    if len(heads) != 1:
+        return config
+    (vision_heads, text_heads), = heads
+    return config.replace(vision={"heads": vision_heads}, text={"heads": text_heads})
+
+
+def _same_shapes(a: Any, b: Any) -> bool:
+    """Equal tower configs but for heads and activation (floats such as MLP ratios to 1e-3: read back
+    from shapes, 4.3637 is 6144 / 1408)."""
+    if type(a) is not type(b):
+        return False
+    for f in dataclasses.fields(a):
+        x, y = getattr(a, f.name), getattr(b, f.name)
+        if f.name in ("heads", "act") or x == y or (isinstance(x, float) and isinstance(y, float) and math.isclose(x, y, rel_tol=1e-3)):
+            continue
+        return False
+    return True
 
 
 def resize_positional_embedding(state: dict[str, torch.Tensor], config: ModelConfig, image_size: int) -> ModelConfig:

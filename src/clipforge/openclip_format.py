@@ -32,16 +32,14 @@ _TEXT_OFF = {
     "hf_proj_type": ..., "hf_pooler_type": ...,
 }
 _MODEL_OFF = {"custom_text": False, "init_logit_bias": None, "nonscalar_logit_scale": False, "cast_dtype": ...,
-              "output_dict": ..., "quick_gelu": ..., "embed_dim": ..., "vision_cfg": ..., "text_cfg": ...,
-              "init_logit_scale": ...}
-_PREPROCESS_OFF = {"mode": "RGB", "fill_color": 0, "size": ..., "mean": ..., "std": ..., "interpolation": ...,
-                   "resize_mode": ...}
+              "output_dict": ...}  # cast_dtype: a precision to load in; output_dict: the forward's return type
+_PREPROCESS_OFF = {"mode": "RGB", "fill_color": 0, "size": ...}  # size: the model's image size
 
 
 def config_from_openclip(data: dict[str, Any]) -> ModelConfig:
     """``open_clip_config.json`` contents (or a bare model config) → ModelConfig. Raises ValueError."""
     model = data.get("model_cfg", data)
-    _check_off(model, _MODEL_OFF, "model_cfg")
+    _check_off(model, _MODEL_OFF, "model_cfg", mapped={"embed_dim", "vision_cfg", "text_cfg", "quick_gelu", "init_logit_scale"})
     act = "quick_gelu" if model.get("quick_gelu") else "gelu"
     vision = _vision(dict(model["vision_cfg"]), act)
     text = _text(dict(model["text_cfg"]), act)
@@ -64,7 +62,8 @@ def _vision(cfg: dict[str, Any], act: str) -> VisionConfig:
         heads = width * 32 // head_width  # open_clip's attention-pool heads
     else:
         config = VisionConfig(int(size), int(layers), width, patch_size=cfg.get("patch_size", 16),
-                              mlp_ratio=float(cfg.get("mlp_ratio", 4.0)), act=act, patch_dropout=float(cfg.get("patch_dropout", 0.0)))
+                              mlp_ratio=float(cfg.get("mlp_ratio", 4.0)), act=act,
+                              patch_dropout=float(cfg.get("patch_dropout", 0.0)))
         heads = width // head_width
     # Heads are written out only where they differ from the family's rule, as in the registered configs.
     return config if heads == families.of(config).default_heads(config) else dataclasses.replace(config, heads=heads)
@@ -79,7 +78,7 @@ def _text(cfg: dict[str, Any], act: str) -> TextConfig:
 
 
 def _preprocess(cfg: dict[str, Any]) -> PreprocessConfig:
-    _check_off(cfg, _PREPROCESS_OFF, "preprocess_cfg")
+    _check_off(cfg, _PREPROCESS_OFF, "preprocess_cfg", mapped={"mean", "std", "interpolation", "resize_mode"})
     default = PreprocessConfig()
     resize, interpolation = cfg.get("resize_mode", default.resize), cfg.get("interpolation", default.interpolation)
     if resize not in ("shortest", "squash") or interpolation not in ("bicubic", "bilinear"):

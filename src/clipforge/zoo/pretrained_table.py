@@ -21,6 +21,15 @@ def _laion(model: str, tag: str, repo: str, top1: float | None, **kw) -> None:
     _add(model, tag, f"laion/{repo}", "", top1, **kw)
 
 
+def _commonpool(model: str, scale: str, seen: str, top1: dict[str, float]) -> None:
+    """DataComp's CommonPool baselines at one scale, by filter ("" = unfiltered); repository names
+    spell the samples seen / batch as "s13B-b90K" where tags have "s13b_b90k"."""
+    repo_seen = "-".join(part[:-1] + part[-1].upper() for part in seen.split("_"))
+    for pool, figure in top1.items():
+        tag = f"commonpool_{scale.lower()}{'_' + pool if pool else ''}_{seen}"
+        _laion(model, tag, f"CLIP-{model}-CommonPool.{scale}{'.' + pool if pool else ''}-{repo_seen}", figure)
+
+
 # ---- OpenAI (downloaded from OpenAI's URLs, whose path carries the file's SHA-256) -----------------
 for _model, _name, _repo, _top1 in (
     ("RN50-quickgelu", "RN50", "resnet50_clip", 59.82), ("RN101-quickgelu", "RN101", "resnet101_clip", 62.28),
@@ -67,21 +76,13 @@ _laion("ViT-B-32-256", "datacomp_s34b_b86k", "CLIP-ViT-B-32-256x256-DataComp-s34
 _laion("ViT-B-32", "datacomp_xl_s13b_b90k", "CLIP-ViT-B-32-DataComp.XL-s13B-b90K", 69.17)
 _laion("ViT-B-16", "datacomp_xl_s13b_b90k", "CLIP-ViT-B-16-DataComp.XL-s13B-b90K", 73.49)
 _laion("ViT-L-14", "datacomp_xl_s13b_b90k", "CLIP-ViT-L-14-DataComp.XL-s13B-b90K", 79.21)
-for _pool, _top1 in (("clip", 76.37), ("laion", 75.45), ("", 72.29)):
-    _suffix = f".{_pool}" if _pool else ""
-    _laion("ViT-L-14", f"commonpool_xl{'_' + _pool if _pool else ''}_s13b_b90k", f"CLIP-ViT-L-14-CommonPool.XL{_suffix}-s13B-b90K", _top1)
+_commonpool("ViT-L-14", "XL", "s13b_b90k", {"clip": 76.37, "laion": 75.45, "": 72.29})
 _laion("ViT-B-16", "datacomp_l_s1b_b8k", "CLIP-ViT-B-16-DataComp.L-s1B-b8K", 63.10)
-for _pool, _top1 in (("clip", 57.77), ("laion", 55.26), ("image", 57.19), ("text", 56.05), ("basic", 51.55), ("", 45.93)):
-    _suffix = f".{_pool}" if _pool else ""
-    _laion("ViT-B-16", f"commonpool_l{'_' + _pool if _pool else ''}_s1b_b8k", f"CLIP-ViT-B-16-CommonPool.L{_suffix}-s1B-b8K", _top1)
+_commonpool("ViT-B-16", "L", "s1b_b8k", {"clip": 57.77, "laion": 55.26, "image": 57.19, "text": 56.05, "basic": 51.55, "": 45.93})
 _laion("ViT-B-32", "datacomp_m_s128m_b4k", "CLIP-ViT-B-32-DataComp.M-s128M-b4K", 29.72)
-for _pool, _top1 in (("clip", 27.25), ("laion", 23.04), ("image", 26.78), ("text", 25.48), ("basic", 22.55), ("", 17.55)):
-    _suffix = f".{_pool}" if _pool else ""
-    _laion("ViT-B-32", f"commonpool_m{'_' + _pool if _pool else ''}_s128m_b4k", f"CLIP-ViT-B-32-CommonPool.M{_suffix}-s128M-b4K", _top1)
+_commonpool("ViT-B-32", "M", "s128m_b4k", {"clip": 27.25, "laion": 23.04, "image": 26.78, "text": 25.48, "basic": 22.55, "": 17.55})
 _laion("ViT-B-32", "datacomp_s_s13m_b4k", "CLIP-ViT-B-32-DataComp.S-s13M-b4K", 3.92)
-for _pool, _top1 in (("clip", 5.05), ("laion", 3.05), ("image", 3.92), ("text", 4.60), ("basic", 3.77), ("", 2.70)):
-    _suffix = f".{_pool}" if _pool else ""
-    _laion("ViT-B-32", f"commonpool_s{'_' + _pool if _pool else ''}_s13m_b4k", f"CLIP-ViT-B-32-CommonPool.S{_suffix}-s13M-b4K", _top1)
+_commonpool("ViT-B-32", "S", "s13m_b4k", {"clip": 5.05, "laion": 3.05, "image": 3.92, "text": 4.60, "basic": 3.77, "": 2.70})
 
 # ---- DFN (Apple; QuickGELU except the 39B-sample ViT-L) ----------------------------------------------
 _add("ViT-B-16-quickgelu", "dfn2b", "apple/DFN2B-CLIP-ViT-B-16", "", 76.24)
@@ -103,4 +104,4 @@ _timm("ViT-H-14", "metaclip_altogether", "vit_huge_patch14_clip_224.metaclip_alt
 _timm("ViT-bigG-14-quickgelu", "metaclip_fullcc", "vit_gigantic_patch14_clip_224.metaclip_2pt5b", f"{_FB}G14_fullcc2.5b.pt",
       82.1, reported_by="metaclip")
 
-del _model, _name, _repo, _top1, _pool, _suffix
+del _model, _name, _repo, _top1
