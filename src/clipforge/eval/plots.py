@@ -27,7 +27,8 @@ def make_plots(report: dict, out_dir: Path) -> list[str]:
         files.append(few_shot_plot(plt, report["few_shot"], out_dir / "few_shot.png"))
     for base, result in report.get("robustness", {}).items():
         files.append(robustness_plot(plt, base, result, out_dir / f"robustness_{base}.png"))
-    zero_shot = {t: r for t, r in report.get("zeroshot", {}).items() if r["num_classes"] <= MAX_CLASSES_PLOTTED}
+    zero_shot = {t: r for t, r in report.get("zeroshot", {}).items()
+                 if r["num_classes"] <= MAX_CLASSES_PLOTTED and not r.get("multilabel")}
     if zero_shot:
         files.append(per_class_plot(plt, zero_shot, out_dir / "per_class_recall.png"))
     for task, result in zero_shot.items():
