@@ -68,6 +68,12 @@ def _retrieval(result: dict) -> dict:
     return dict(result["clip_benchmark"])
 
 
+def file_name(dataset: str, model: str, pretrained: str, task: str, suffix: str = "") -> str:
+    """CLIP_benchmark's default output name ``{dataset}_{pretrained}_{model}_{language}_{task}.json``."""
+    parts = (dataset, os.path.basename(pretrained.rstrip("/")) or pretrained, model, LANGUAGE, task)
+    return "_".join(_slug(p) for p in parts) + f"{suffix}.json"
+
+
 def cb_records(report: dict, model: str, pretrained: str | None = None) -> list[tuple[str, dict]]:
     """(file name, record) for every (dataset, task) result in a suite report."""
     pretrained = pretrained if pretrained is not None else model
@@ -76,8 +82,7 @@ def cb_records(report: dict, model: str, pretrained: str | None = None) -> list[
     def add(dataset: str, task: str, metrics: dict, suffix: str = "") -> None:
         record = {"dataset": dataset, "model": model, "pretrained": pretrained, "task": task,
                   "metrics": metrics, "language": LANGUAGE}
-        name = "_".join(_slug(p) for p in (dataset, os.path.basename(pretrained) or pretrained, model, LANGUAGE, task))
-        records.append((f"{name}{suffix}.json", record))
+        records.append((file_name(dataset, model, pretrained, task, suffix), record))
 
     seed = report.get("protocols", {}).get("linear_probe", {}).get("seed", 0)
     for dataset, result in report.get("zeroshot", {}).items():

@@ -254,17 +254,20 @@ def run_suite(
     config: EvalConfig = EvalConfig(),
     *,
     model_name: str | None = None,
-    pretrained: str | None = None,
+    cb_identity: tuple[str, str] | None = None,
+    results_dir: str | os.PathLike | None = None,
     notes: dict | None = None,
     echo: Callable[[str], Any] | None = print,
 ) -> dict:
     """Run the protocols (``suite``: names or a comma list; None = all with data) → the report dict.
 
     Writes ``report.json``, ``report.md``, plots and CLIP_benchmark-schema results
-    (``clip_benchmark/``; ``pretrained`` names the weights there) into ``out_dir`` and, with
+    (``clip_benchmark/``, naming the model ``cb_identity`` = (model, pretrained); default
+    :func:`clipforge.eval.cb_results.identity` of ``model_name``; in ``results_dir`` when given)
+    into ``out_dir`` and, with
     ``echo``, prints a summary table. Every number in the files is in the returned dict.
     """
-    from clipforge.eval.cb_results import cb_records, write_records
+    from clipforge.eval.cb_results import cb_records, identity, write_records
 
     layout = data_root if isinstance(data_root, DataLayout) else discover(data_root)
     protocols, skipped = choose_protocols(suite, layout, config)
@@ -285,8 +288,9 @@ def run_suite(
         "seconds": timings,
     }
     report = reporting.clean(report)
+    cb_model, cb_pretrained = cb_identity or identity(model_name or report["model"]["name"])
     report["clip_benchmark_results"] = write_records(
-        cb_records(report, model_name or report["model"]["name"], pretrained), Path(out_dir) / "clip_benchmark")
+        cb_records(report, cb_model, cb_pretrained), Path(results_dir or Path(out_dir) / "clip_benchmark"))
     report = reporting.write_report(report, Path(out_dir), plots=config.plots)
     if echo is not None:
         echo(reporting.summary_table(report))
