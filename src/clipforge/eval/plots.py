@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -132,7 +133,9 @@ def confusion_plot(plt, task: str, result: dict, path: Path) -> str:
     ax.set_yticks(range(n), names, fontsize=7)
     ax.set(xlabel="predicted", ylabel="true", title=f"{task}: zero-shot confusion (row-normalized)")
     fig.colorbar(image, ax=ax, fraction=0.046)
-    fig.tight_layout()
+    with warnings.catch_warnings():  # very long class names cannot always fit; the plot is still drawn
+        warnings.simplefilter("ignore", UserWarning)
+        fig.tight_layout()
     fig.savefig(path, dpi=90)
     plt.close(fig)
     return str(path)
