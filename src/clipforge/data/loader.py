@@ -271,7 +271,10 @@ class _SlotDataset(IterableDataset):
     def _caption(self, item: RawSample, pass_index: int) -> str:
         """The sample's caption, or one made from its ``.cls`` label and the class names."""
         value = pick(item.files, CAPTION_EXTS)[1]
-        if value is None and self.class_captions is not None and "cls" in item.files:
+        if value is None and "cls" in item.files:
+            if self.class_captions is None:
+                raise BadSample("missing_caption", "a .cls label but no class names (classnames.txt beside the "
+                                                   "shards, or data.classnames)")
             rng = caption_rng(self.config.seed, self.start.plan.epoch, item.shard, item.key, pass_index)
             return self.class_captions.caption(load_bytes(item.files["cls"]), rng)
         return decode_caption(load_bytes(value))
