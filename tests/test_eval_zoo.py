@@ -153,3 +153,54 @@ def test_eval_by_name_with_a_local_root(tmp_path, capsys):
     assert record["metrics"]["acc5"] is None and record["pretrained"] == str(tmp_path / "model")  # strict JSON: no NaN
     assert main(["eval", str(tmp_path / "model"), "--dataset", "cifar11", "--out", str(tmp_path / "bad")]) == 2
     assert "did you mean cifar10, cifar100" in capsys.readouterr().err and not (tmp_path / "bad").exists()
+
+
+def test_probe_predictions_restricted_to_a_shifted_sets_label_subset():
+    import numpy as np
+    from sklearn.linear_model import LogisticRegression
+
+    from clipforge.eval.protocols import predict_in
+
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(60, 5))
+    y = rng.integers(0, 6, 60)  # base classes 0..5
+    model = LogisticRegression(max_iter=200).fit(x, y)
+    scores = model.decision_function(x)
+    subset = ((4,), (1, 3), (5,))  # shifted class 0 = base 4, class 1 = base 1 or 3, class 2 = base 5
+    expected = np.stack([scores[:, 4], scores[:, [1, 3]].max(axis=1), scores[:, 5]], axis=1).argmax(axis=1)
+    assert np.array_equal(predict_in(model, x, subset), expected)
+    assert np.array_equal(predict_in(model, x, None), model.predict(x))
+
+
+@pytest.mark.slow
+def test_robustness_of_imagenet_probes_on_subset_shifts(tmp_path):
+    """ImageNet-A and ObjectNet by name: zero-shot with their own heads, probes trained on the
+    1000-class base set scored through the subset mapping."""
+    import numpy as np
+
+    from cb_sets import encode, shape_images, write_meta, write_split
+    from clipforge.eval import EvalConfig, FewShotConfig, run_suite
+    from test_eval_data import aligned_clip
+
+    a_subset = [s[0] for s in zoo.get("imagenet-a").subset()]
+    base_labels = a_subset[:3]  # three ImageNet classes that ImageNet-A also has
+    root = tmp_path / "root"
+    for folder, entry, labels in (("wds_imagenet1k", "imagenet1k", base_labels),
+                                  ("wds_imagenet-a", "imagenet-a", [0, 1, 2])):
+        write_meta(root / folder, zoo.get(entry).classnames(), ["a photo of a {c}."])
+        for split in ("test", "train") if entry == "imagenet1k" else ("test",):
+            rows = [c for c in range(3) for _ in range(6)]
+            images = shape_images(rows, seed=5 if split == "train" else 6, classes=CLASSES[:3])
+            write_split(root / folder, split, [{"png": encode(im, "png"), "cls": labels[c]} for im, c in zip(images, rows)])
+    (tmp_path / "one.txt").write_text("a photo of a {}.\n")
+    layout, _ = zoo_layout("imagenet1k,imagenet-a", root, splits=("test", "train"), download=False, progress=False)
+    assert layout.shift_groups() == {"imagenet1k": ["imagenet-a"]}
+    model, preprocess, tokenizer = aligned_clip()
+    config = EvalConfig(progress=False, plots=False, templates=str(tmp_path / "one.txt"),
+                        few_shot=FewShotConfig(shots=(1, 2), seeds=1))
+    report = run_suite(model, preprocess, tokenizer, layout, tmp_path / "out", "zeroshot,linear_probe,few_shot,robustness",
+                       config, echo=None)
+    result = report["robustness"]["imagenet1k"]
+    assert result["shifted"] == ["imagenet-a"] and report["zeroshot"]["imagenet-a"]["num_classes"] == 200
+    probe = result["classifiers"]["linear probe"]["shifted_accuracy"]["imagenet-a"]
+    assert probe > 0.6 and np.isfinite(result["classifiers"]["zero-shot"]["effective_robustness"]["average_shifted"])
