@@ -6,7 +6,7 @@ from pathlib import Path
 
 import numpy as np
 
-from clipforge.eval.plots import _pyplot
+from clipforge.eval.plots import _pyplot, finish
 
 
 def make_plots(grid, rows: list[dict], out: Path) -> list[str]:
@@ -42,12 +42,7 @@ def scatter_plot(plt, pairs: dict, path: Path) -> str:
     ax.plot([0, 100], [0, 100], "k--", lw=1, label="zero-shot = linear probe")
     ax.set(xlim=(0, 100), ylim=(0, 100), xlabel="linear probe accuracy (%)", ylabel="zero-shot score (%)",
            title="zero-shot vs linear probe across datasets")
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=8, loc="upper left")
-    fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
-    return str(path)
+    return finish(plt, fig, ax, path, "upper left")
 
 
 def bar_plot(plt, models: list[str], datasets: list[str], by: dict, task: str, metric: str, path: Path) -> str:
@@ -60,9 +55,4 @@ def bar_plot(plt, models: list[str], datasets: list[str], by: dict, task: str, m
         ax.bar(x + (i - (len(models) - 1) / 2) * width, values, width, color=f"C{i}", label=model)
     ax.set_xticks(x, datasets, rotation=45, ha="right", fontsize=8)
     ax.set(ylabel=f"{metric} (%)", ylim=(0, 100), title=f"{task} per dataset")
-    ax.grid(axis="y", alpha=0.3)
-    ax.legend(fontsize=8)
-    fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
-    return str(path)
+    return finish(plt, fig, ax, path)

@@ -20,6 +20,16 @@ def _pyplot():
     return plt
 
 
+def finish(plt, fig, ax, path: Path, legend_loc: str = "best", dpi: int = 100) -> str:
+    """Grid, legend, tight layout; save ``fig`` as ``path`` and close it; the path as a string."""
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8, loc=legend_loc)
+    fig.tight_layout()
+    fig.savefig(path, dpi=dpi)
+    plt.close(fig)
+    return str(path)
+
+
 def make_plots(report: dict, out_dir: Path) -> list[str]:
     """Draw every plot the report has data for; returns the file names (relative to out_dir)."""
     plt = _pyplot()

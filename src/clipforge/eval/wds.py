@@ -36,7 +36,7 @@ from pathlib import Path
 
 import numpy as np
 
-from clipforge.data.sources import split_key
+from clipforge.data.sources import keyed_members
 from clipforge.eval.datasets import ClassificationSet, RetrievalSet, ShardMember
 
 IMAGE_EXTS = ("webp", "png", "jpg", "jpeg")  # CLIP_benchmark's order of preference
@@ -138,12 +138,7 @@ def _scan_shard(shard: Path, label_ext: str, index: SplitIndex) -> None:
     key, members = None, {}
     try:
         with tarfile.open(shard, "r:") as tar:  # seekable: headers are read, image data skipped
-            for info in tar:
-                if not info.isreg():
-                    continue
-                k, ext = split_key(info.name)
-                if k is None:
-                    continue
+            for info, k, ext in keyed_members(tar):
                 if info.offset_data + info.size > size:
                     index.problems.append({"shard": str(shard), "key": k, "reason": "truncated_shard"})
                     key, members = None, {}
