@@ -30,3 +30,22 @@ def one_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(previous)
+
+
+@pytest.fixture(autouse=True)
+def _fast_tier_starts_no_processes(request, monkeypatch):
+    """``make test-fast`` (CLIPFORGE_TEST_TIER=fast, ``-m "not slow"``) runs in one process: a test that
+    starts a subprocess or a worker process there fails, naming itself, so it gets its ``slow`` mark."""
+    import os
+
+    if os.environ.get("CLIPFORGE_TEST_TIER") != "fast":
+        return
+    import multiprocessing.process
+    import subprocess
+
+    def refuse(*args, **kwargs):
+        raise RuntimeError(f"{request.node.nodeid} starts a process: mark it @pytest.mark.slow "
+                           "(the fast tier, make test-fast, runs in one process)")
+
+    monkeypatch.setattr(subprocess.Popen, "__init__", refuse)
+    monkeypatch.setattr(multiprocessing.process.BaseProcess, "start", refuse)

@@ -65,7 +65,6 @@ def torchscript_archive(tiny_vit, tmp_path_factory):
     ``vocab_size`` entries in its state_dict (which OpenAI's ``build_model`` drops)."""
     model = clipforge.create_model(tiny_vit.config)
     model.load_state_dict(tiny_vit.state_dict())
-    del model.context_length, model.vocab_size  # plain attributes here; tensors in OpenAI's archives
     for name, value in (("input_resolution", 32), ("context_length", 77), ("vocab_size", 49408)):
         model.register_buffer(name, torch.tensor(value))
     images, tokens = _inputs(tiny_vit)

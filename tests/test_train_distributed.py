@@ -22,9 +22,12 @@ import torch.distributed as dist
 import torch.multiprocessing as mp
 
 from clipforge.factory import create_model
-from clipforge.train.accumulate import forward_backward
+from clipforge.train.accumulate import StepContext, forward_backward
 from clipforge.train.distributed import DistInfo, wrap_model
+from clipforge.train.losses import LossConfig, build_loss
 from clipforge.train.objective import TrainModel
+
+CPU = StepContext(torch.device("cpu"), trim_tokens=True)
 
 B = 3
 SCENARIOS = {  # name: (loss, strategy, micro-batches per rank)
@@ -39,8 +42,8 @@ WORLD = 2
 def _model(loss: str) -> TrainModel:
     torch.manual_seed(0)
     # float64: the comparison then tests the algorithm, not float32 summation order
-    clip = create_model("tiny-vit", dtype=torch.float64, text={"vocab_size": 500, "context_length": 12})
-    return TrainModel(clip, loss).train()
+    clip = create_model("tiny-vit", text={"vocab_size": 500, "context_length": 12})
+    return TrainModel(clip, build_loss(LossConfig.variant({"kind": loss})())).to(torch.float64).train()
 
 
 def _global_batches(count: int) -> list[tuple[torch.Tensor, torch.Tensor]]:
@@ -71,7 +74,7 @@ def _worker(rank: int, init_file: str, out_dir: str) -> None:
         for name, (loss_kind, strategy, k) in SCENARIOS.items():
             model = wrap_model(_model(loss_kind), strategy, info)
             batches = _global_batches(WORLD * k)[rank * k:(rank + 1) * k]  # rank-major, as the gather
-            loss, diagnostics = forward_backward(model, batches, loss_kind, info.device)
+            loss, diagnostics = forward_backward(model, batches, CPU)
             torch.save({"loss": loss, "grads": _full_grads(model)}, Path(out_dir) / f"{name}_{rank}.pt")
     finally:
         dist.destroy_process_group()
@@ -91,7 +94,7 @@ def test_two_ranks_equal_one_process(rank_results: Path, scenario: str):
     reference = _model(loss_kind)
     batches = _global_batches(WORLD * k)
     whole = (torch.cat([b[0] for b in batches]), torch.cat([b[1] for b in batches]))
-    ref_loss, _ = forward_backward(reference, [whole], loss_kind, torch.device("cpu"))
+    ref_loss, _ = forward_backward(reference, [whole], CPU)
     ref_grads = _full_grads(reference)
     ranks = [torch.load(rank_results / f"{scenario}_{r}.pt", weights_only=True) for r in range(WORLD)]
     # Each rank's loss covers its own rows; their mean is the global loss.
@@ -133,7 +136,7 @@ def test_torchrun_stop_and_resume_is_exact_and_fsdp_continues_it(tmp_path):
               "--set", "data.batch_size=4", "--set", "data.workers=0", "--set", "tokenizer.source=learn",
               "--set", f"tokenizer.captions={world}/train/captions.txt", "--set", "tokenizer.vocab_size=600",
               "--set", "model.name=tiny-vit", "--set", "model.text.context_length=32", "--set", "run.threads=1",
-              "--set", "run.loss=siglip", "--set", "log.tensorboard=false", "--set", "checkpoint.every=0",
+              "--set", "loss.kind=siglip", "--set", "log.tensorboard=false", "--set", "checkpoint.every=0",
               "--set", "schedule.warmup_steps=1", "--set", "eval.every=2", "--set", f"eval.data={world}/eval/heldout"]
     full, part, fsdp = tmp_path / "full", tmp_path / "part", tmp_path / "fsdp"
     runs = [["--out", str(full)], ["--out", str(part), "--stop-at", "2"], ["--out", str(part), "--resume", "latest"]]

@@ -22,7 +22,7 @@ from clipforge.config import ModelConfig
 from clipforge.factory import resolve_config
 from clipforge.model import CLIP
 from clipforge.registry import available_models, canonical_name
-from clipforge.transforms import eval_transform
+from clipforge.transforms import preprocess_for
 
 OPENAI_VOCAB_SIZE = 49408
 
@@ -50,7 +50,7 @@ def load(
     tokenizer = tokenizer_for(path, clip.config)
     if tokenizer is None and not Path(name_or_path).exists():  # loaded by name: the user is online
         tokenizer = _download_openai_tokenizer(clip.config)
-    return clip, eval_transform(clip.image_size), tokenizer
+    return clip, preprocess_for(clip.config), tokenizer
 
 
 def load_model(
@@ -68,10 +68,9 @@ def load_model(
     )
     if image_size is not None and image_size != config.vision.image_size:
         try:
-            resize_positional_embedding(state, image_size, config.vision.patch_size)
+            config = resize_positional_embedding(state, config, image_size)
         except KeyError as err:
             raise CheckpointError(f"{path}: no positional embedding {err} to resize") from err
-        config = config.replace(vision={"image_size": image_size})
     clip = CLIP(config)
     try:
         clip.load_state_dict(state, strict=True)

@@ -29,7 +29,8 @@ import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
-from clipforge.config import ModelConfig, TextConfig, VisionConfig
+from clipforge import families
+from clipforge.config import ModelConfig
 
 WEIGHTS_NAME = "model.safetensors"
 CONFIG_NAME = "config.json"
@@ -256,8 +257,8 @@ def normalize_state_dict(state: dict[str, Any], source: str = "state_dict") -> d
             out = hf.state_from_hf(out)
         except (KeyError, ValueError) as err:
             raise CheckpointError(f"{source}: not an HF CLIPModel state_dict we can map ({err})") from err
-    if "text_projection" not in out or not any(k.startswith("visual.") for k in out):
-        raise CheckpointError(f"{source}: not a CLIP state_dict (no 'text_projection' or 'visual.*' keys)")
+    if not any(k.startswith("visual.") for k in out) or all(k.startswith("visual.") or k == "logit_scale" for k in out):
+        raise CheckpointError(f"{source}: not a CLIP state_dict (it needs image tower 'visual.*' keys and text tower keys)")
     return out
 
 
@@ -270,58 +271,19 @@ def infer_config(state: dict[str, torch.Tensor], act: str = "quick_gelu", source
 
 
 def _infer_config(state: dict[str, torch.Tensor], act: str) -> ModelConfig:
-    text_width = state["ln_final.weight"].shape[0]
-    text = TextConfig(
-        context_length=state["positional_embedding"].shape[0],
-        vocab_size=state["token_embedding.weight"].shape[0],
-        width=text_width,
-        layers=_count_blocks(state, "transformer.resblocks."),
-        mlp_ratio=state["transformer.resblocks.0.mlp.c_fc.weight"].shape[0] / text_width,
-        act=act,
-    )
-    if "visual.proj" in state:  # ViT
-        width, _, patch, _ = state["visual.conv1.weight"].shape
-        grid = round((state["visual.positional_embedding"].shape[0] - 1) ** 0.5)
-        vision = VisionConfig(
-            image_size=patch * grid,
-            layers=_count_blocks(state, "visual.transformer.resblocks."),
-            width=width,
-            patch_size=patch,
-            mlp_ratio=state["visual.transformer.resblocks.0.mlp.c_fc.weight"].shape[0] / width,
-            act=act,
-        )
-    else:  # ModifiedResNet
-        layers = tuple(_count_blocks(state, f"visual.layer{i}.") for i in range(1, 5))
-        grid = round((state["visual.attnpool.positional_embedding"].shape[0] - 1) ** 0.5)
-        vision = VisionConfig(
-            image_size=grid * 32, layers=layers, width=state["visual.layer1.0.conv1.weight"].shape[0],
-            patch_size=None, act=act,
-        )
+    text = families.text_family("causal").infer_config(state, act)
+    vision = families.infer_vision(state, act)
     return ModelConfig(embed_dim=state["text_projection"].shape[1], vision=vision, text=text)
 
 
-def _count_blocks(state: dict[str, torch.Tensor], prefix: str) -> int:
-    return len({k[len(prefix):].split(".")[0] for k in state if k.startswith(prefix)})
-
-
-def resize_positional_embedding(state: dict[str, torch.Tensor], image_size: int, patch_size: int | None) -> None:
+def resize_positional_embedding(state: dict[str, torch.Tensor], config: ModelConfig, image_size: int) -> ModelConfig:
     """Interpolate the image tower's positional embedding (in place) for another input resolution.
 
-    The class/mean token's embedding is kept; the grid is resized bicubically, as open_clip does.
+    The family of the image tower knows its key and layout (class/mean token kept, the grid resized
+    bicubically, as open_clip does); returns the config at the new resolution.
     """
-    key = "visual.positional_embedding" if patch_size else "visual.attnpool.positional_embedding"
-    stride = patch_size or 32  # a ModifiedResNet downsamples by 32 before its attention pool
-    if image_size % stride:
-        raise ValueError(f"image_size {image_size} is not a multiple of {stride} for this image tower")
-    new_grid = image_size // stride
-    old = state[key]  # [1 + G*G, W]
-    old_grid = round((old.shape[0] - 1) ** 0.5)
-    if old_grid == new_grid:
-        return
-    grid = old[1:].reshape(1, old_grid, old_grid, -1).permute(0, 3, 1, 2).float()  # [1, W, G, G]
-    grid = torch.nn.functional.interpolate(grid, size=(new_grid, new_grid), mode="bicubic", align_corners=False)
-    grid = grid.permute(0, 2, 3, 1).reshape(new_grid * new_grid, -1).to(old.dtype)  # [G'*G', W]
-    state[key] = torch.cat([old[:1], grid], dim=0)
+    vision = families.of(config.vision).resize_positions(state, config.vision, image_size)
+    return config.replace(vision=vision)
 
 
 # ---- writing ---------------------------------------------------------------------------------------

@@ -28,7 +28,6 @@ import torch
 from torch import nn
 
 from clipforge.model import CLIP
-from clipforge.transforms import OPENAI_MEAN, OPENAI_STD
 
 IMAGE_FILE = "image_encoder.onnx"
 TEXT_FILE = "text_encoder.onnx"
@@ -144,8 +143,10 @@ def export_metadata(model: CLIP, config: ExportConfig, written: dict[str, Path])
                    "text": ["tokens", "int64", ["batch", model.config.text.context_length]]},
         "outputs": {"image": "image_features", "text": "text_features"},
         "image_size": model.image_size,
-        "mean": list(OPENAI_MEAN),
-        "std": list(OPENAI_STD),
+        "mean": list(model.config.preprocess.mean),
+        "std": list(model.config.preprocess.std),
+        "resize": model.config.preprocess.resize,
+        "interpolation": model.config.preprocess.interpolation,
         "context_length": model.config.text.context_length,
         "embed_dim": model.config.embed_dim,
         "logit_scale": float(model.logit_scale.detach().exp()),

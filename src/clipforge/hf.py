@@ -21,6 +21,7 @@ from typing import Any
 
 import torch
 
+from clipforge import families
 from clipforge.config import INIT_LOGIT_SCALE, ModelConfig, TextConfig, VisionConfig
 from clipforge.model import CLIP
 
@@ -52,10 +53,17 @@ def is_hf_state_dict(state: dict[str, Any]) -> bool:
     return any(k.startswith(("text_model.", "vision_model.")) for k in state)
 
 
+def check_convertible(config: ModelConfig) -> None:
+    """Raise unless both towers' families are ones HF's ``CLIPModel`` holds."""
+    for family in (families.of(config.vision), families.of(config.text)):
+        if family.hf_model != "CLIPModel":
+            raise ValueError(f"HF transformers' CLIPModel has no {family.title} {family.tower} tower: "
+                             "only ViT models with OpenAI's text tower convert to HF")
+
+
 def state_to_hf(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    """OpenAI-layout state_dict of a ViT CLIP → HF ``CLIPModel`` state_dict."""
-    if "visual.proj" not in state:
-        raise ValueError("HF transformers' CLIPModel has no ModifiedResNet image tower: only ViT models convert to HF")
+    """OpenAI-layout state_dict of a ViT CLIP → HF ``CLIPModel`` state_dict (check the config with
+    :func:`check_convertible` first: keys that have no HF name raise a KeyError naming them)."""
     out: dict[str, torch.Tensor] = {}
     for key, value in state.items():
         if key in _TOP:
@@ -128,9 +136,8 @@ def _pack_qkv(out: dict[str, Any], attn: str) -> None:
 
 def hf_config_dict(config: ModelConfig, eos_token_id: int | None = None) -> dict[str, Any]:
     """Keyword arguments of ``transformers.CLIPConfig`` for a ViT model config."""
+    check_convertible(config)
     v, t = config.vision, config.text
-    if v.is_resnet:
-        raise ValueError("HF transformers' CLIPModel has no ModifiedResNet image tower: only ViT models convert to HF")
     text = dict(
         vocab_size=t.vocab_size, hidden_size=t.width, intermediate_size=int(t.width * t.mlp_ratio),
         num_hidden_layers=t.layers, num_attention_heads=t.num_heads, max_position_embeddings=t.context_length,

@@ -3,7 +3,8 @@
 The eval transform reproduces OpenAI's exactly: resize the shorter side with PIL bicubic, center
 crop, convert to RGB, scale to [0, 1], normalize. The conversion to RGB comes after the resize, as
 in OpenAI's and open_clip's pipelines; it matters for palette images, which PIL resizes with
-nearest-neighbour sampling.
+nearest-neighbour sampling. Weights trained otherwise say so in their config's ``preprocess``
+(statistics, "squash" resizing to the square without a crop, bilinear sampling): ``preprocess_for``.
 """
 
 from __future__ import annotations
@@ -16,12 +17,13 @@ import numpy as np
 import torch
 from PIL import Image
 
-# Dataset statistics OpenAI used for all released models.
-OPENAI_MEAN = (0.48145466, 0.4578275, 0.40821073)
-OPENAI_STD = (0.26862954, 0.26130258, 0.27577711)
+from clipforge.config import OPENAI_MEAN, OPENAI_STD, ModelConfig, PreprocessConfig
+
+_RESAMPLING = {"bicubic": Image.Resampling.BICUBIC, "bilinear": Image.Resampling.BILINEAR}
+RESIZE_MODES = ("shortest", "squash")
 
 
-def resize_shorter(image: Image.Image, size: int) -> Image.Image:
+def resize_shorter(image: Image.Image, size: int, resample: Image.Resampling = Image.Resampling.BICUBIC) -> Image.Image:
     """Resize so the shorter side is ``size`` (longer side truncated, as torchvision's Resize(int))."""
     w, h = image.size
     short, long = (w, h) if w <= h else (h, w)
@@ -29,7 +31,7 @@ def resize_shorter(image: Image.Image, size: int) -> Image.Image:
         return image
     new_short, new_long = size, int(size * long / short)
     new_w, new_h = (new_short, new_long) if w <= h else (new_long, new_short)
-    return image.resize((new_w, new_h), Image.Resampling.BICUBIC)
+    return image.resize((new_w, new_h), resample)
 
 
 def center_crop(image: Image.Image, size: int) -> Image.Image:
@@ -52,18 +54,31 @@ def to_tensor(image: Image.Image, mean=OPENAI_MEAN, std=OPENAI_STD) -> torch.Ten
 
 
 class EvalTransform:
-    """OpenAI's eval transform: PIL image → FloatTensor [3, size, size]."""
+    """The eval transform (OpenAI's by default): PIL image → FloatTensor [3, size, size].
 
-    def __init__(self, image_size: int, mean=OPENAI_MEAN, std=OPENAI_STD):
+    ``resize`` "shortest": shorter side to ``size``, then center crop; "squash": both sides to ``size``.
+    """
+
+    def __init__(self, image_size: int, mean=OPENAI_MEAN, std=OPENAI_STD, resize: str = "shortest",
+                 interpolation: str = "bicubic"):
         _check_size(image_size)
+        if resize not in RESIZE_MODES:
+            raise ValueError(f"resize mode {resize!r}: expected one of {RESIZE_MODES}")
+        if interpolation not in _RESAMPLING:
+            raise ValueError(f"interpolation {interpolation!r}: expected one of {tuple(_RESAMPLING)}")
         self.image_size, self.mean, self.std = image_size, mean, std
+        self.resize, self.interpolation = resize, interpolation
 
     def __call__(self, image: Image.Image) -> torch.Tensor:
-        image = center_crop(resize_shorter(image, self.image_size), self.image_size)
+        size, resample = self.image_size, _RESAMPLING[self.interpolation]
+        if self.resize == "squash":
+            image = image if image.size == (size, size) else image.resize((size, size), resample)
+        else:
+            image = center_crop(resize_shorter(image, size, resample), size)
         return to_tensor(image, self.mean, self.std)
 
     def __repr__(self) -> str:
-        return f"EvalTransform(image_size={self.image_size})"
+        return f"EvalTransform(image_size={self.image_size}, resize={self.resize!r}, interpolation={self.interpolation!r})"
 
 
 class TrainTransform:
@@ -106,3 +121,9 @@ def eval_transform(image_size: int, mean=OPENAI_MEAN, std=OPENAI_STD) -> Callabl
 
 def train_transform(image_size: int, scale: tuple[float, float] = (0.9, 1.0), mean=OPENAI_MEAN, std=OPENAI_STD):
     return TrainTransform(image_size, scale, mean, std)
+
+
+def preprocess_for(config: ModelConfig, image_size: int | None = None) -> EvalTransform:
+    """The eval transform the model's weights expect (its config's ``preprocess``)."""
+    p: PreprocessConfig = config.preprocess
+    return EvalTransform(image_size or config.vision.image_size, p.mean, p.std, p.resize, p.interpolation)

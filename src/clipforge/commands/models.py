@@ -8,6 +8,7 @@ import json
 
 import torch
 
+from clipforge import families
 from clipforge.config import ModelConfig
 from clipforge.model import CLIP
 from clipforge.registry import aliases_of, available_models, describe, get_config
@@ -41,10 +42,7 @@ def count_parameters(config: ModelConfig) -> int:
 
 
 def _tower(config: ModelConfig) -> str:
-    v = config.vision
-    if v.is_resnet:
-        return f"ModifiedResNet {'-'.join(map(str, v.layers))} w{v.width}"
-    return f"ViT {v.layers}L w{v.width} /{v.patch_size}"
+    return families.of(config.vision).describe(config.vision)
 
 
 def _format_params(n: int) -> str:

@@ -130,6 +130,7 @@ def run(args: argparse.Namespace) -> int:
             asked = [p.strip() for p in args.suite.split(",")] if args.suite else None
             data, notes = named_layout(args.dataset, args, asked)
         model, preprocess, tokenizer = clipforge.load(args.model, device=args.device, model=args.arch)
+        model = clipforge.optimize_for_inference(model, inplace=True)  # exact; the report names the checkpoint
         if tokenizer is None:
             raise ValueError(f"{args.model}: no tokenizer saved with the model and OpenAI's vocabulary is not available")
         out = Path(args.out)

@@ -294,6 +294,17 @@ def _collate(items: list[tuple[int, torch.Tensor | str]]) -> tuple[torch.Tensor,
     return torch.tensor([i for i, _ in good], dtype=torch.long), images, bad
 
 
+def _probe_module(model: Any):
+    """The module whose output is the image representation before the projection (its family says),
+    or None (the projected features are used)."""
+    config = getattr(model, "config", None)
+    if config is None or not hasattr(model, "visual"):
+        return None
+    from clipforge import families
+
+    return families.of(config.vision).probe_module(model.visual)
+
+
 def encode_images(
     model: Any,
     preprocess: Callable[[Image.Image], torch.Tensor],
@@ -313,8 +324,8 @@ def encode_images(
     names = None if isinstance(images, Dataset) else list(images)
     loader = DataLoader(dataset, batch_size=batch_size, num_workers=num_workers, shuffle=False, collate_fn=_collate)
     captured: list[torch.Tensor] = []
-    ln_post = getattr(getattr(model, "visual", None), "ln_post", None)
-    hook = ln_post.register_forward_hook(lambda m, i, out: captured.append(out.float().cpu())) if ln_post else None
+    probe = _probe_module(model)
+    hook = probe.register_forward_hook(lambda m, i, out: captured.append(out.float().cpu())) if probe else None
     device, embeddings, thumbnails, kept, skipped = model_device(model), [], [], [], []
     bar = tqdm(total=len(dataset), desc=f"encode {desc}", unit="img", disable=not progress, leave=False)
     try:

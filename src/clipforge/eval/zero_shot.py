@@ -96,9 +96,9 @@ def zero_shot_accuracy(
         data = load_classification_set(data)
     if isinstance(data, ClassificationSet):
         if preprocess is None:
-            from clipforge.transforms import eval_transform
+            from clipforge.transforms import preprocess_for
 
-            preprocess = eval_transform(model.image_size)
+            preprocess = preprocess_for(model.config)
         encoded = encode_images(model, preprocess, data.paths, batch_size=batch_size, progress=progress)
         data = data.subset(encoded.kept) if encoded.kept is not None else data
         features, labels, classnames = encoded.embeddings, data.labels, classnames or data.classnames

@@ -6,19 +6,18 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from clipforge import families
 from clipforge.config import ModelConfig
-from clipforge.model.resnet import ModifiedResNet
-from clipforge.model.text import TextTower
-from clipforge.model.vit import VisionTransformer
 
 
-class CLIP(TextTower, nn.Module):
+class CLIP(nn.Module):
+    """The towers come from their families (``config.vision.kind``, ``config.text.kind``)."""
+
     def __init__(self, config: ModelConfig):
-        nn.Module.__init__(self)
+        super().__init__()
         self.config = config
-        vision_cls = ModifiedResNet if config.vision.is_resnet else VisionTransformer
-        self.visual = vision_cls(config.vision, config.embed_dim)
-        self._build_text(config.text, config.embed_dim)
+        self.visual = families.of(config.vision).build(config.vision, config.embed_dim)
+        families.of(config.text).attach(self, config.text, config.embed_dim)
         # Log-parameterised inverse temperature, initialised to ln(1/0.07) (paper section 2.5).
         self.logit_scale = nn.Parameter(torch.tensor(float(config.init_logit_scale)))
 
@@ -37,6 +36,15 @@ class CLIP(TextTower, nn.Module):
             raise ValueError(f"images must have shape [N, 3, {size}, {size}] for this model, got {list(images.shape)}")
         return self.visual(images.to(self.dtype))
 
+    def encode_text(self, tokens: torch.Tensor) -> torch.Tensor:
+        """Token ids [N, L] (L ≤ context_length) → projected, unnormalized features [N, embed_dim]."""
+        if tokens.dim() != 2 or tokens.is_floating_point():
+            raise ValueError(f"tokens must be integer ids of shape [N, L], got {tokens.dtype} {list(tokens.shape)}")
+        context = self.config.text.context_length
+        if tokens.shape[1] > context:
+            raise ValueError(f"token sequences of length {tokens.shape[1]} exceed the context length {context}")
+        return families.of(self.config.text).encode(self, tokens)
+
     def forward(self, images: torch.Tensor, tokens: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """Returns L2-normalized image features [N, D], text features [M, D] and exp(logit_scale)."""
         image_features = F.normalize(self.encode_image(images), dim=-1)
@@ -51,8 +59,9 @@ class CLIP(TextTower, nn.Module):
 
     def set_grad_checkpointing(self, enable: bool = True) -> None:
         """Recompute activations in the backward pass instead of storing them (both towers)."""
-        self.visual.set_grad_checkpointing(enable)
-        self.transformer.grad_checkpointing = enable
+        families.of(self.config.vision).set_grad_checkpointing(self.visual, enable)
+        text = families.of(self.config.text)
+        text.set_grad_checkpointing(text.tower_module(self), enable)
 
     def num_parameters(self) -> int:
         return sum(p.numel() for p in self.parameters())

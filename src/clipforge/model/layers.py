@@ -91,34 +91,6 @@ class MLP(nn.Sequential):
         self.gelu = make_activation(act)
         self.c_proj = nn.Linear(hidden, width)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if _records_autograd(self, x):
-            return self.c_proj(self.gelu(self.c_fc(x)))
-        shape = x.shape
-        hidden, scale = self.hidden_inference(x.reshape(-1, shape[-1]))
-        out = torch.addmm(self.c_proj.bias, hidden, self.c_proj.weight.t(), alpha=scale)
-        return out.view(*shape[:-1], out.shape[-1])
-
-    def hidden_inference(self, x: torch.Tensor) -> tuple[torch.Tensor, float]:
-        """Without autograd: the activated hidden rows for ``x`` [M, W], and the factor ``c_proj``'s
-        product must be scaled by (``c_proj(hidden · factor)`` is the MLP's output).
-
-        QuickGELU is computed as one in-place SiLU: h·σ(1.702 h) = silu(1.702 h) / 1.702, with the
-        1.702 applied by the first matrix product (``alpha``, ``beta``) and the 1/1.702 by the second,
-        both free in the GEMM. The block's largest tensor is then written by the GEMM and rewritten
-        once, instead of a scaled copy, a sigmoid and a product (a temporary of its size, three
-        passes). The same function up to float rounding (~1 ulp).
-        """
-        if isinstance(self.gelu, QuickGELU):
-            hidden = torch.addmm(self.c_fc.bias, x, self.c_fc.weight.t(), beta=1.702, alpha=1.702)
-            return F.silu(hidden, inplace=True), 1 / 1.702
-        return self.gelu(self.c_fc(x)), 1.0
-
-
-def _records_autograd(module: nn.Module, x: torch.Tensor) -> bool:
-    """Whether autograd would record ``module``'s forward on ``x`` (else in-place shortcuts are safe)."""
-    return torch.is_grad_enabled() and (x.requires_grad or any(p.requires_grad for p in module.parameters()))
-
 
 class ResidualAttentionBlock(nn.Module):
     """Pre-norm block: x + attn(ln_1(x)), then x + mlp(ln_2(x))."""
@@ -132,29 +104,11 @@ class ResidualAttentionBlock(nn.Module):
 
     def forward(self, x: torch.Tensor, index: Index | None = None) -> torch.Tensor:
         """[N, L, W] → [N, L, W]; with ``index`` only that position's output [N, 1, W] is computed."""
-        if not _records_autograd(self, x) and not torch.is_autocast_enabled(x.device.type):
-            return self._inference(x, index)
         if index is None:
             x = x + self.attn(self.ln_1(x))
         else:
             x = take(x, index) + self.attn(self.ln_1(x), index)
         return x + self.mlp(self.ln_2(x))
-
-    def _inference(self, x: torch.Tensor, index: Index | None) -> torch.Tensor:
-        """The same block without autograd (nor autocast), each residual added by its output projection's GEMM.
-
-        x + (a Wᵀ + b) is computed as (x + b) + a Wᵀ, in place (``addmm_`` with beta = 1): one pass
-        over the residual and no temporary, where the plain form copies the bias into a new tensor,
-        multiplies into it and then adds x into a third.
-        """
-        attended = self.attn.attend(self.ln_1(x), index)  # [N, L', W], L' = 1 with index
-        n, length, width = attended.shape
-        x = x if index is None else take(x, index)
-        x = (x + self.attn.out_proj.bias).view(-1, width)
-        x.addmm_(attended.view(-1, width), self.attn.out_proj.weight.t())
-        hidden, scale = self.mlp.hidden_inference(self.ln_2(x))
-        x = (x + self.mlp.c_proj.bias).addmm_(hidden, self.mlp.c_proj.weight.t(), alpha=scale)
-        return x.view(n, length, width)
 
 
 class Transformer(nn.Module):

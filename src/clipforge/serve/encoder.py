@@ -40,10 +40,15 @@ class Encoder:
         """Any checkpoint ``clipforge.load`` reads (our directory format carries its tokenizer)."""
         from clipforge.api import load
 
+        from clipforge.fastpath import optimize_for_inference
+
         model, preprocess, tokenizer = load(path, device=device)
         if tokenizer is None:
             raise ValueError(f"{path}: no tokenizer is saved with this model and OpenAI's vocabulary is not available")
-        return cls(model, preprocess, tokenizer, name=str(Path(path).resolve()), batch_size=batch_size)
+        encoder = cls(model, preprocess, tokenizer, name=str(Path(path).resolve()), batch_size=batch_size)
+        encoder.fingerprint()  # of the weights as saved (folding BatchNorm into convolutions renames them)
+        encoder.model = optimize_for_inference(model, inplace=True)
+        return encoder
 
     @property
     def dim(self) -> int:

@@ -20,8 +20,6 @@ def model_config(section: ModelSection, vocab_size: int | None = None) -> ModelC
     changes: dict[str, Any] = {"vision": dict(section.vision), "text": dict(section.text)}
     if section.embed_dim is not None:
         changes["embed_dim"] = section.embed_dim
-    if section.init_logit_scale is not None:
-        changes["init_logit_scale"] = section.init_logit_scale
     if vocab_size is not None:
         changes["text"]["vocab_size"] = vocab_size
     return resolve_config(section.name, **changes)
@@ -101,7 +99,8 @@ def build_loader(config: TrainConfig, image_size: int, tokenizer: Tokenizer, ran
     from clipforge.data.loader import build_loader as data_loader
     from clipforge.transforms import train_transform
 
-    transform = train_transform(image_size, scale=config.run.crop_scale)
+    preprocess = model_config(config.model).preprocess
+    transform = train_transform(image_size, scale=config.run.crop_scale, mean=preprocess.mean, std=preprocess.std)
     return data_loader(config.data, transform, tokenizer, rank=rank, world_size=world_size)
 
 

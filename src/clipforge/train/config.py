@@ -1,7 +1,8 @@
 """Training configuration: typed sections, recipes as TOML/JSON files, checked command-line overrides.
 
-A recipe has one table per section (``[run]``, ``[model]``, ``[tokenizer]``, ``[data]``, ``[optim]``,
-``[schedule]``, ``[precision]``, ``[checkpoint]``, ``[log]``, ``[eval]``). Every key is checked
+A recipe has one table per section (``[run]``, ``[model]``, ``[tokenizer]``, ``[data]``, ``[loss]``,
+``[optim]``, ``[schedule]``, ``[precision]``, ``[checkpoint]``, ``[log]``, ``[eval]``). ``[loss]``'s keys
+depend on its ``kind``: each loss declares its own (``clipforge.train.losses``). Every key is checked
 against the section's dataclass: an unknown key, or a value of the wrong type, is an error naming
 the key. Overrides (``optim.lr=1e-3``) are checked the same way. The resolved configuration is saved
 as ``train_config.json`` in the run directory; that file is itself a valid recipe.
@@ -21,6 +22,7 @@ from typing import Any
 
 from clipforge.config import TextConfig, VisionConfig
 from clipforge.data.loader import DataConfig
+from clipforge.train.losses import LossConfig
 from clipforge.train.optim import OptimConfig, ScheduleConfig
 from clipforge.train.precision import PrecisionConfig
 
@@ -36,7 +38,7 @@ class RunConfig:
     steps: int | None = None  # optimizer steps; None: epochs × steps per epoch
     epochs: int = 1
     accum_steps: int = 1  # micro-batches per step (exact contrastive accumulation)
-    loss: str = "clip"  # "clip" (softmax) or "siglip" (sigmoid)
+    trim_tokens: bool | None = None  # cut token batches after the longest caption; None: where exact
     device: str = "auto"  # "auto", "cpu" or "cuda"
     distributed: str = "auto"  # "auto" (DDP), "ddp" or "fsdp"
     threads: int | None = None  # torch threads per process; None: torch's default
@@ -50,7 +52,6 @@ class ModelSection:
     name: str = "demo-rn"  # a registered config
     pretrained: str | None = None  # a checkpoint to start from (any format clipforge.load reads)
     embed_dim: int | None = None
-    init_logit_scale: float | None = None  # None: ln(1/0.07); SigLIP uses ln(10)
     vision: dict[str, Any] = field(default_factory=dict)  # VisionConfig field changes
     text: dict[str, Any] = field(default_factory=dict)  # TextConfig field changes (vocab_size follows the tokenizer)
 
@@ -95,6 +96,7 @@ class TrainConfig:
     model: ModelSection = field(default_factory=ModelSection)
     tokenizer: TokenizerSection = field(default_factory=TokenizerSection)
     data: DataConfig = field(default_factory=DataConfig)
+    loss: LossConfig = field(default_factory=lambda: LossConfig.variant({})())
     optim: OptimConfig = field(default_factory=OptimConfig)
     schedule: ScheduleConfig = field(default_factory=ScheduleConfig)
     precision: PrecisionConfig = field(default_factory=PrecisionConfig)
@@ -115,7 +117,7 @@ class TrainConfig:
     def replace(self, overrides: dict[str, Any]) -> "TrainConfig":
         """A copy with ``{"section.key": value}`` changes (values typed or strings), checked."""
         raw = self.to_dict()
-        for key, value in overrides.items():
+        for key, value in _kinds_first(overrides):
             apply_override(raw, key, value)
         return TrainConfig.from_dict(raw)
 
@@ -154,9 +156,14 @@ def read_recipe(path: str | Path) -> dict[str, Any]:
 def load_config(path: str | Path | None = None, overrides: dict[str, Any] | None = None) -> TrainConfig:
     """The recipe at ``path`` (defaults when None) with ``overrides`` applied, checked."""
     raw = read_recipe(path) if path is not None else {}
-    for key, value in (overrides or {}).items():
+    for key, value in _kinds_first(overrides or {}):
         apply_override(raw, key, value)
     return TrainConfig.from_dict(raw)
+
+
+def _kinds_first(overrides: dict[str, Any]) -> list[tuple[str, Any]]:
+    """Overrides with ``*.kind`` first: the other keys of such a section are checked against its kind."""
+    return sorted(overrides.items(), key=lambda item: not item[0].endswith(".kind"))
 
 
 # ---- typed building and checking ------------------------------------------------------------------
@@ -166,6 +173,23 @@ def _field_types(cls: type) -> dict[str, Any]:
     return typing.get_type_hints(cls)
 
 
+# Keys that moved, with where they went: a recipe that still uses one gets told.
+MOVED = {
+    "run.loss": '[loss] kind (e.g. [loss] kind = "siglip"; each loss has its own keys)',
+    "model.init_logit_scale": "[loss] init_logit_scale (the loss initialises the temperature it trains)",
+}
+
+
+def _variant(cls: type, data: Any) -> type:
+    """A section whose keys depend on one of them (``[loss]`` by its ``kind``): the dataclass for ``data``."""
+    if hasattr(cls, "variant") and isinstance(data, dict):
+        try:
+            return cls.variant(data)
+        except ValueError as err:
+            raise ConfigError(str(err)) from err
+    return cls
+
+
 def _known(cls: type, data: dict[str, Any], where: str) -> dict[str, Any]:
     if not isinstance(data, dict):
         raise ConfigError(f"{where or 'config'}: expected a table of keys, got {type(data).__name__}")
@@ -173,6 +197,8 @@ def _known(cls: type, data: dict[str, Any], where: str) -> dict[str, Any]:
     for key in data:
         if key not in names:
             full = f"{where}.{key}" if where else key
+            if full in MOVED:
+                raise ConfigError(f"config key {full!r} has moved: use {MOVED[full]}")
             close = difflib.get_close_matches(key, names, n=1)
             hint = f" (did you mean {close[0]!r}?)" if close else ""
             raise ConfigError(f"unknown config key {full!r}{hint}; known keys here: {', '.join(names)}")
@@ -181,6 +207,7 @@ def _known(cls: type, data: dict[str, Any], where: str) -> dict[str, Any]:
 
 def build(cls: type, data: dict[str, Any], where: str) -> Any:
     """An instance of dataclass ``cls`` from a dict, every key and value checked against the fields."""
+    cls = _variant(cls, data)
     types_ = _field_types(cls)
     values = {k: _coerce(v, types_[k], f"{where}.{k}" if where else k) for k, v in _known(cls, data, where).items()}
     try:
@@ -210,7 +237,7 @@ def _coerce(value: Any, tp: Any, key: str) -> Any:
                 continue
         raise ConfigError(f"config key {key!r}: {value!r} is not a {_type_name(tp)}")
     if dataclasses.is_dataclass(tp):
-        if isinstance(value, tp):
+        if isinstance(value, _variant(tp, value) if isinstance(value, dict) else tp):
             return value
         return build(tp, value, key)
     if origin in (tuple, list):
@@ -257,11 +284,17 @@ def _parse_literal(text: str) -> Any:
         return text
 
 
-def _field_type_at(path: list[str]) -> Any:
-    """The declared type of a dotted key, checking every part (dict fields take any sub-key)."""
+def _field_type_at(path: list[str], raw: dict[str, Any]) -> Any:
+    """The declared type of a dotted key, checking every part (dict fields take any sub-key).
+
+    ``raw`` is the recipe being changed: a section whose keys depend on its ``kind`` is checked
+    against the dataclass that kind selects there."""
     tp: Any = TrainConfig
+    node: Any = raw
     for depth, part in enumerate(path):
         if dataclasses.is_dataclass(tp):
+            tp = _variant(tp, node if isinstance(node, dict) else {})
+            node = node.get(part, {}) if isinstance(node, dict) else {}
             _known(tp, {part: None}, ".".join(path[:depth]))
             tp = _field_types(tp)[part]
         elif path[:2] == ["model", "vision"] or path[:2] == ["model", "text"]:
@@ -278,7 +311,7 @@ def apply_override(raw: dict[str, Any], key: str, value: Any) -> None:
     path = key.split(".")
     if len(path) < 2 or not all(path):
         raise ConfigError(f"override {key!r}: expected section.key (e.g. optim.lr)")
-    tp = _field_type_at(path)
+    tp = _field_type_at(path, raw)
     if isinstance(value, str):
         literal = _parse_literal(value)
         try:
@@ -292,7 +325,25 @@ def apply_override(raw: dict[str, Any], key: str, value: Any) -> None:
         node = node.setdefault(part, {})
         if not isinstance(node, dict):
             raise ConfigError(f"override {key!r}: {part!r} is not a table in the recipe")
+    if path[-1] == "kind" and node.get("kind", value) != value:
+        _switch_kind(node, path[:-1], value)
     node[path[-1]] = list(value) if isinstance(value, tuple) else value
+
+
+def _switch_kind(node: dict[str, Any], path: list[str], kind: Any) -> None:
+    """A section changes kind: keep the keys the new kind has and the user set (values that differ
+    from the old kind's defaults); the rest take the new kind's defaults."""
+    tp: Any = TrainConfig
+    for part in path:
+        tp = _field_types(tp)[part] if dataclasses.is_dataclass(tp) else None
+    if tp is None or not hasattr(tp, "variant"):
+        return
+    old, new = _variant(tp, node), _variant(tp, {**node, "kind": kind})
+    defaults = {f.name: f.default for f in dataclasses.fields(old)}
+    new_names = {f.name for f in dataclasses.fields(new)}
+    for name in list(node):
+        if name != "kind" and (name not in new_names or node[name] == defaults.get(name, object())):
+            del node[name]
 
 
 def parse_overrides(items: list[str]) -> dict[str, str]:

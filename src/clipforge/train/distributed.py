@@ -16,6 +16,8 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
+from clipforge import families
+
 
 @dataclass(frozen=True)
 class DistInfo:
@@ -140,12 +142,6 @@ def barrier() -> None:
         dist.barrier()
 
 
-def _shard_units(model: nn.Module) -> list[nn.Module]:
-    """The blocks FSDP2 shards one by one: transformer blocks and ResNet stages, both towers."""
-    units = [m for m in model.modules() if type(m).__name__ in ("ResidualAttentionBlock", "Bottleneck")]
-    return units
-
-
 def wrap_model(model: nn.Module, strategy: str, info: DistInfo) -> nn.Module:
     """Wrap for data parallelism: "ddp" replicates, "fsdp" shards parameters per block (FSDP2).
 
@@ -170,7 +166,7 @@ def _fully_shard(model: nn.Module) -> nn.Module:
     from torch.distributed.fsdp import fully_shard, register_fsdp_forward_method
 
     scalars = {p for p in model.parameters() if p.ndim == 0}
-    for unit in _shard_units(model):
+    for unit in families.shard_units(model):  # each tower's blocks, as its family declares
         fully_shard(unit)
     fully_shard(model, ignored_params=scalars)
     model._clipforge_replicated = sorted(scalars, key=id)  # type: ignore[attr-defined]

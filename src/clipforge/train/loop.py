@@ -16,18 +16,19 @@ import torch
 from torch.distributed.checkpoint.state_dict import StateDictOptions, get_state_dict, set_state_dict
 
 from clipforge.train import state as ckpt
-from clipforge.train.accumulate import forward_backward
+from clipforge import families, fastpath
+from clipforge.train.accumulate import StepContext, forward_backward
 from clipforge.train.build import build_clip, build_loader, build_tokenizer, model_config, total_steps
 from clipforge.train.config import TokenizerSection, TrainConfig
 from clipforge.train.distributed import (
     all_reduce_mean, barrier, broadcast_object, gather_objects, init_distributed, is_fsdp, unwrap, wrap_model,
 )
 from clipforge.train.logging import MetricsLog, Progress
+from clipforge.train.losses import build_loss
 from clipforge.train.objective import TrainModel
-from clipforge.train.optim import (
-    apply_locks, build_optimizer, clamp_logit_scale, clip_gradients, learning_rate, set_learning_rate,
-)
+from clipforge.train.optim import apply_locks, build_optimizer, clip_gradients, learning_rate, set_learning_rate
 from clipforge.train.precision import Precision
+from clipforge.transforms import preprocess_for
 
 _FULL = StateDictOptions(full_state_dict=True, cpu_offload=True)
 
@@ -49,16 +50,20 @@ class Trainer:
         self._prepare_run_dir()
         self.tokenizer = tokenizer or self._build_tokenizer()
         self.clip = build_clip(config, self.tokenizer)
+        self.loss = build_loss(config.loss)
+        if not config.model.pretrained:
+            self.loss.init_model(self.clip)  # the temperature (and bias) the loss starts from
         self._seed_rank()
-        self.train_model = TrainModel(self.clip, config.run.loss, config.precision.channels_last)
+        self.train_model = TrainModel(self.clip, self.loss, config.precision.channels_last)
         self.frozen = apply_locks(self.clip, config.optim)
         self.clip.set_grad_checkpointing(config.precision.grad_checkpointing)
         self.model = wrap_model(self.train_model.to(self.info.device), config.run.distributed, self.info)
         if config.precision.compile:
             self.model.compile()
-        family = "resnet" if self.clip.config.vision.is_resnet else "vit"
-        self.optimizer = build_optimizer(self.model, config.optim, family)
+        self.optimizer = build_optimizer(self.model, config.optim, families.of(self.clip.config.vision).adam)
         self.precision = Precision(config.precision, self.info.device)
+        self.step_context = StepContext(self.info.device, self.precision.autocast, self.precision.scale,
+                                        self._trims_tokens())
         self.loader = loader or build_loader(config, self.clip.image_size, self.tokenizer,
                                              self.info.rank, self.info.world_size)
         self.steps_per_epoch = len(self.loader) // config.run.accum_steps
@@ -113,7 +118,16 @@ class Trainer:
             return None
         from clipforge.train.evaluate import PeriodicEval
 
-        return PeriodicEval(self.cfg.eval, self.clip.image_size, self.tokenizer)
+        return PeriodicEval(self.cfg.eval, preprocess_for(self.clip.config), self.tokenizer)
+
+    def _trims_tokens(self) -> bool:
+        """Whether steps cut token batches after the longest caption: where exact, unless turned off."""
+        asked, exact = self.cfg.run.trim_tokens, fastpath.trims_exactly(self.clip)
+        if asked and not exact:
+            kind = self.clip.config.text.kind
+            raise ValueError(f"run.trim_tokens = true, but the {kind!r} text tower's outputs depend on positions "
+                             "after the captions: trimming would change them; leave run.trim_tokens unset")
+        return exact if asked is None else asked
 
     def loader_batch_size(self) -> int:
         return getattr(getattr(self.loader, "config", None), "batch_size", None) or self.cfg.data.batch_size
@@ -191,8 +205,7 @@ class Trainer:
         """
         self.optimizer.zero_grad(set_to_none=True)
         buffers = [b.detach().clone() for b in self.clip.buffers()]  # BatchNorm statistics of a bad batch are undone
-        loss, diagnostics = forward_backward(self.model, batches, self.cfg.run.loss, self.info.device,
-                                             self.precision.autocast, self.precision.scale)
+        loss, diagnostics = forward_backward(self.model, batches, self.step_context)
         self.precision.unscale(self.optimizer)
         # The norm is also the gradient finiteness check (a NaN/Inf anywhere makes it non-finite),
         # so it is needed every step, clipping or not.
@@ -202,7 +215,7 @@ class Trainer:
         finite = math.isfinite(loss_value) and math.isfinite(norm_value)
         if finite:
             self.precision.step(self.optimizer)
-            clamp_logit_scale(self.clip)
+            self.loss.after_step(self.clip)
             self.skipped = 0
         else:
             with torch.no_grad():
@@ -303,7 +316,9 @@ class Trainer:
         self.echo(f"resumed from {path} (step {self.step}, epoch {self.epoch})")
 
     def _load_state(self, clip_state: dict[str, torch.Tensor], state: dict[str, Any]) -> None:
-        model_state = {f"clip.{k}": v for k, v in clip_state.items()} | state["extra_params"]
+        # The loss's parameters sit under "loss." (checkpoints written before losses were components: at the top).
+        extra = {("loss.logit_bias" if k == "logit_bias" else k): v for k, v in state["extra_params"].items()}
+        model_state = {f"clip.{k}": v for k, v in clip_state.items()} | extra
         set_state_dict(self.model, self.optimizer, model_state_dict=model_state,
                        optim_state_dict=state["optimizer"], options=StateDictOptions(full_state_dict=True))
         self.precision.load_state_dict(state["scaler"])
