@@ -186,7 +186,7 @@ def server(tmp_path):
 
 @pytest.mark.slow
 def test_http_and_hugging_face_sources_are_mirrored_and_resumed(tmp_path, server, monkeypatch):
-    from clipforge.eval import fetch, zoo
+    from clipforge.eval import dataset_zoo as zoo, fetch
 
     served, url = server
     hf = served / "datasets" / "clip-benchmark" / "wds_vtab-pcam" / "resolve" / "main"

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from cb_sets import classification_set, multilabel_set, retrieval_set
-from clipforge.eval import zoo
+from clipforge.eval import dataset_zoo as zoo
 from clipforge.eval.named import align_classnames, prompt_set, zoo_layout
 from test_eval_data import CLASSES
 

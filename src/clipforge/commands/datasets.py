@@ -25,7 +25,7 @@ def _table(rows: list[dict]) -> list[str]:
 
 
 def run(args: argparse.Namespace) -> int:
-    from clipforge.eval import zoo
+    from clipforge.eval import dataset_zoo as zoo
 
     rows = [r for r in zoo.listing() if r["paper"] or not args.paper]
     if args.json:

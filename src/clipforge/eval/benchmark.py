@@ -59,7 +59,7 @@ class Grid:
 
 def data_items(datasets: Sequence[str]) -> list[DataItem]:
     """Zoo names and collections, and folders (any format ``clipforge eval --data`` reads) by path."""
-    from clipforge.eval import zoo
+    from clipforge.eval import dataset_zoo as zoo
     from clipforge.eval.layout import discover
 
     items: list[DataItem] = []
@@ -173,7 +173,7 @@ def _read_json(path: Path, default):
 
 def main_metric(record: dict) -> tuple[str, float | None]:
     """The paper's metric for the record's dataset (zoo ``metric``), from its metrics."""
-    from clipforge.eval import zoo
+    from clipforge.eval import dataset_zoo as zoo
 
     metrics, task = record["metrics"], record["task"]
     if task == "zeroshot_retrieval":

@@ -1,6 +1,6 @@
 """Datasets by name: zoo entries → a :class:`~clipforge.eval.layout.DataLayout` the suite runs on.
 
-Each name is located (:func:`clipforge.eval.zoo.locate`), its format detected as for any folder,
+Each name is located (:func:`clipforge.eval.dataset_zoo.locate`), its format detected as for any folder,
 and its task given the zoo's class names and prompt ensemble (``prompts="paper"``, the default)
 or the set's own files (``prompts="dataset"``, what CLIP_benchmark uses for its webdatasets).
 
@@ -18,7 +18,7 @@ import os
 from pathlib import Path
 from typing import Sequence
 
-from clipforge.eval import zoo
+from clipforge.eval import dataset_zoo as zoo
 from clipforge.eval.datasets import ClassificationSet
 from clipforge.eval.layout import DataLayout, RetrievalSpec, TaskSpec, detect_format
 
