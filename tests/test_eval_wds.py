@@ -208,3 +208,41 @@ def test_http_and_hugging_face_sources_are_mirrored_and_resumed(tmp_path, server
     with pytest.raises(fetch.FetchError, match=r"no split 'val'"):
         fetch.mirror(f"{url}/datasets/clip-benchmark/wds_vtab-pcam/resolve/main", ("val",), progress=False)
     assert not list(plain.rglob("*.part"))  # no partial file left behind
+
+
+def _imagenet_style(folder, name: str, labels, seed: int) -> None:
+    """A tar of ``<key>.jpg`` + ``<key>.cls`` written with tarfile (no nshards.txt, no CB metadata)."""
+    import io
+    import tarfile
+
+    folder.mkdir(parents=True, exist_ok=True)
+    with tarfile.open(folder / name, "w") as tar:
+        for i, (image, c) in enumerate(zip(shape_images(labels, seed), labels)):
+            for ext, data in (("jpg", encode(image, "jpg")), ("cls", str(c).encode())):
+                info = tarfile.TarInfo(f"img_{seed}_{i:05d}.{ext}")
+                info.size = len(data)
+                tar.addfile(info, io.BytesIO(data))
+
+
+@pytest.mark.slow
+def test_imagenet_style_shards_probe_and_zero_shot_without_conversion(tmp_path, clip, capsys):
+    import clipforge
+    from clipforge.cli import main
+
+    shards = tmp_path / "shards"
+    labels = [c for c in range(len(CLASSES)) for _ in range(4)]
+    for i in range(2):
+        _imagenet_style(shards, f"train-{i:04d}.tar", labels, seed=10 + i)
+    _imagenet_style(shards, "val-0000.tar", labels, seed=20)
+    model, _, tokenizer = clip
+    clipforge.save(model, tmp_path / "model", tokenizer)
+    args = ["eval", str(tmp_path / "model"), "--data", str(shards / "val-{0000..0000}.tar"), "--train-data",
+            str(shards / "train-{0000..0001}.tar"), "--suite", "zeroshot,linear_probe", "--out", str(tmp_path / "out"),
+            "--quiet", "--no-cache", "--no-plots"]
+    assert main(args) == 2 and "no class names; pass --classnames FILE" in capsys.readouterr().err
+    (shards / "classnames.txt").write_text("\n".join(f"{c} {s}" for c, s in CLASSES) + "\n")
+    assert main(args) == 0, capsys.readouterr().err
+    report = json.loads((tmp_path / "out" / "report.json").read_text())
+    assert report["zeroshot"]["shards"]["n"] == len(labels) and report["zeroshot"]["shards"]["acc1"] > 0.3
+    probe = report["linear_probe"]["shards"]
+    assert probe["split"] == "train and test splits" and probe["n_train"] + probe["n_val"] == 2 * len(labels)

@@ -69,6 +69,11 @@ def _local_dirs(urls: list[str]) -> list[Path]:
     return dirs
 
 
+def find_classnames_file(urls: list[str]) -> Path | None:
+    """``classnames.txt`` in the (local) shards' folder or its parent, if there is one."""
+    return next((d / CLASSNAMES_FILE for d in _local_dirs(urls) if (d / CLASSNAMES_FILE).is_file()), None)
+
+
 def _read_names(path: Path) -> tuple[tuple[str, ...], ...]:
     lines = [line.strip() for line in path.read_text(encoding="utf-8").splitlines()]
     names = tuple(tuple(a.strip() for a in line.split(" | ")) for line in lines if line and not line.startswith("#"))
@@ -86,7 +91,7 @@ def load_class_captions(classnames: str | None, templates: str | None, urls: lis
         if not names_file.is_file():
             raise FileNotFoundError(f"data.classnames {classnames}: no such file")
     else:
-        names_file = next((d / CLASSNAMES_FILE for d in _local_dirs(urls) if (d / CLASSNAMES_FILE).is_file()), None)
+        names_file = find_classnames_file(urls)
         if names_file is None:
             return None
     if templates is None:

@@ -51,6 +51,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     where = parser.add_mutually_exclusive_group(required=True)
     where.add_argument("--data", help="data root: the synthetic world, sets in any supported format, or a folder of sets")
     where.add_argument("--dataset", help="zoo names or collections, comma-separated (`clipforge datasets` lists them)")
+    parser.add_argument("--train-data", default=None,
+                        help="with --data SHARDS (a tar spec such as val/{000000..000049}.tar): the training "
+                             "shards for the probes")
+    parser.add_argument("--classnames", default=None,
+                        help="with --data SHARDS: the class names file (default: classnames.txt beside the shards)")
     add_data_arguments(parser)
     parser.add_argument("--out", default="runs/eval", help="run directory for report.json/report.md/plots")
     parser.add_argument("--suite", default=None, help=f"comma list of {','.join(PROTOCOLS)} (default: all with "
@@ -112,6 +117,32 @@ def named_layout(names: str, args: argparse.Namespace, protocols: list[str] | No
                       download=not args.no_download, progress=not args.quiet)
 
 
+def data_source(args: argparse.Namespace):
+    """``--data``: a folder as is, a remote set (URL, ``hf://datasets/...``) mirrored into the cache,
+    or shard specs (``--train-data``, ``--classnames``) as one classification task."""
+    import os
+
+    from clipforge.eval import fetch
+    from clipforge.eval.layout import shard_layout
+
+    if args.data is None:
+        return None
+    if fetch.is_remote(args.data):
+        wants_train = args.suite is None or any(p in args.suite for p in NEEDS_TRAIN)
+        splits = ("test", "train") if wants_train else ("test",)
+        try:
+            return fetch.mirror(args.data, splits, progress=not args.quiet)
+        except fetch.FetchError:
+            if splits == ("test",):
+                raise
+            return fetch.mirror(args.data, ("test",), progress=not args.quiet)  # a set without a train split
+    if ".tar" in args.data and not os.path.isdir(args.data):
+        return shard_layout(args.data, args.train_data, args.classnames)
+    if args.train_data or args.classnames:
+        raise ValueError("--train-data and --classnames go with --data SHARDS (a tar spec), not a folder")
+    return args.data
+
+
 def default_named_suite(layout) -> list[str]:
     """CLIP_benchmark's ``--task auto`` for named datasets: zero-shot classification, retrieval."""
     return [p for p, present in (("zeroshot", layout.classification), ("retrieval", layout.retrieval)) if present]
@@ -125,7 +156,7 @@ def run(args: argparse.Namespace) -> int:
 
     try:
         config = config_from_args(args)
-        notes, data = {}, args.data
+        notes, data = {}, data_source(args)
         if args.dataset is not None:
             asked = [p.strip() for p in args.suite.split(",")] if args.suite else None
             data, notes = named_layout(args.dataset, args, asked)

@@ -128,6 +128,37 @@ def load_wds_pair(info, name: str, classnames: tuple[str, ...] | None = None):
     return test, train
 
 
+def shard_layout(test: str, train: str | None = None, classnames: str | None = None) -> DataLayout:
+    """One classification task from shard specs (``val/{000000..000049}.tar``, ``key.jpg`` + ``key.cls``):
+    class names from ``classnames`` or ``classnames.txt`` beside the shards, and its templates file
+    when there is one; ``train`` (a spec) gives the probes their training split."""
+    from clipforge.data.class_captions import TEMPLATES_FILE, find_classnames_file
+    from clipforge.data.sources import expand_urls
+    from clipforge.eval import wds
+
+    test_urls, train_urls = expand_urls(test), expand_urls(train) if train else None
+    names_file = Path(classnames) if classnames else find_classnames_file(test_urls)
+    if names_file is None or not names_file.is_file():
+        raise FileNotFoundError(f"{classnames or test}: no class names; pass --classnames FILE or put classnames.txt "
+                                "beside the shards (one class a line, in label order)")
+    names = tuple(n.split(" | ")[0].strip() for n in names_file.read_text(encoding="utf-8").splitlines()
+                  if n.strip() and not n.startswith("#"))
+    folder = Path(test_urls[0]).parent
+    name = folder.parent.name if folder.name in ("test", "val", "validation", "train") else folder.name
+
+    def load():
+        eval_set = wds.load_shards(test_urls, name, names, str(names_file))
+        train_set = wds.load_shards(train_urls, f"{name}/train", names, str(names_file)) if train_urls else None
+        return eval_set, train_set
+
+    templates_file = names_file.parent / TEMPLATES_FILE
+    templates = tuple(t.strip() for t in templates_file.read_text(encoding="utf-8").splitlines() if t.strip()) \
+        if templates_file.is_file() else None
+    spec = TaskSpec(name, folder, name, loader=load, templates=templates,
+                    templates_label=f"{name} ({TEMPLATES_FILE})" if templates else None)
+    return DataLayout(test, {name: spec})
+
+
 def _is_wds(path: Path, alone: bool) -> bool:
     from clipforge.eval.wds import is_wds_root
 

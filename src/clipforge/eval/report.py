@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 from pathlib import Path
 from typing import Any
 
@@ -59,9 +60,16 @@ def write_report(report: dict, out_dir: Path, plots: bool = True) -> dict:
         from clipforge.eval.plots import make_plots
 
         report["plots"] = make_plots(report, out_dir)
-    (out_dir / "report.json").write_text(json.dumps(report, indent=1, allow_nan=False), encoding="utf-8")
-    (out_dir / "report.md").write_text(markdown(report), encoding="utf-8")
+    _write_atomic(out_dir / "report.json", json.dumps(report, indent=1, allow_nan=False))
+    _write_atomic(out_dir / "report.md", markdown(report))
     return report
+
+
+def _write_atomic(path: Path, text: str) -> None:
+    """Write via a temporary file and rename: a reader never sees half a report."""
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    tmp.write_text(text, encoding="utf-8")
+    os.replace(tmp, path)
 
 
 def _pct(value: Any) -> str:

@@ -205,16 +205,32 @@ def load_classification(root: str | os.PathLike, split: str, name: str, classnam
     index = scan_split(info.root, split, info.kind)
     if not index.members:
         raise ValueError(f"{info.root / split}: no usable samples ({_problem_summary(index.problems)})")
-    labels = _check_labels(index, len(names), info, split, classnames is not None)
+    where = "the zoo's class list" if classnames is not None else info.root / "classnames.txt"
+    labels = _check_labels(index, len(names), info.kind, where, info.root / split)
     return ClassificationSet(name, info.root, tuple(names), tuple(index.members), labels, tuple(index.problems))
 
 
-def _check_labels(index: SplitIndex, num_classes: int, info: WdsInfo, split: str, external: bool) -> np.ndarray:
-    where = "the zoo's class list" if external else info.root / "classnames.txt"
-    if info.kind == "multilabel":
+def load_shards(urls: list[str], name: str, classnames: tuple[str, ...], where: str) -> ClassificationSet:
+    """Classification shards outside CLIP_benchmark's layout (ImageNet-style ``key.jpg`` + ``key.cls``
+    tars, local), given as a list of files; ``where`` names the class-name source in messages."""
+    missing = [u for u in urls if not Path(u).is_file()]
+    if missing:
+        raise FileNotFoundError(f"shard {missing[0]} is missing ({len(missing)} of {len(urls)} in the spec)")
+    index = SplitIndex()
+    for url in urls:
+        _scan_shard(Path(url), "cls", index)
+    if not index.members:
+        raise ValueError(f"{urls[0]} ...: no usable samples ({_problem_summary(index.problems)})")
+    labels = _check_labels(index, len(classnames), "classification", where, Path(urls[0]).parent)
+    return ClassificationSet(name, Path(urls[0]).parent, tuple(classnames), tuple(index.members), labels,
+                             tuple(index.problems))
+
+
+def _check_labels(index: SplitIndex, num_classes: int, kind: str, where, folder: Path) -> np.ndarray:
+    if kind == "multilabel":
         lengths = {len(v) for v in index.labels}
         if lengths != {num_classes}:
-            raise ValueError(f"{info.root / split}: .npy labels have {sorted(lengths)} entries but {where} "
+            raise ValueError(f"{folder}: .npy labels have {sorted(lengths)} entries but {where} "
                              f"has {num_classes} classes")
         return np.stack(index.labels).astype(np.float32)
     labels = np.asarray(index.labels, dtype=np.int64)
