@@ -53,6 +53,14 @@ class ClassCaptions:
         return template.replace("{c}", name).replace("{}", name)
 
 
+def caption_from_label(captions: ClassCaptions | None, data: bytes, rng: np.random.Generator) -> str:
+    """A ``.cls`` sample's caption; BadSample ``missing_caption`` when no class names are known."""
+    if captions is None:
+        raise BadSample("missing_caption", "a .cls label but no class names (classnames.txt beside the shards, "
+                                           "or data.classnames)")
+    return captions.caption(data, rng)
+
+
 def caption_rng(seed: int, epoch: int, shard: str, key: str, pass_index: int) -> np.random.Generator:
     """A sample's template draw: its identity, like its augmentation, but a stream of its own."""
     return np.random.default_rng([seed, epoch, zlib.crc32(f"{shard}/{key}".encode()), pass_index, 1])

@@ -52,7 +52,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
-from clipforge.data.class_captions import caption_rng, load_class_captions
+from clipforge.data.class_captions import caption_from_label, caption_rng, load_class_captions
 from clipforge.data.decode import CAPTION_EXTS, IMAGE_EXTS, BadSample, DecodeConfig, decode_caption, decode_image, pick
 from clipforge.data.report import DataReport, ErrorBudgetExceeded
 from clipforge.data.sharding import EpochPlan, plan_epoch, slot_events
@@ -73,9 +73,8 @@ class DataConfig:
     resampled: draw shards with replacement (needs epoch_size or counts).
     error_budget: fraction of bad samples above which the run stops.
     report: JSON report path (``.rank{r}`` inserted before the suffix when world_size > 1).
-    classnames / class_templates: captions for samples that have a ``.cls`` label and no caption
-        (classification shards, :mod:`clipforge.data.class_captions`); by default ``classnames.txt``
-        (and ``zeroshot_classification_templates.txt``) beside the shards are used when present.
+    classnames / class_templates: captions for ``.cls`` samples without one (default: classnames.txt
+        and its templates file beside the shards; :mod:`clipforge.data.class_captions`).
     """
 
     shards: str | tuple[str, ...] | list[str] = ""
@@ -269,15 +268,12 @@ class _SlotDataset(IterableDataset):
 
 
     def _caption(self, item: RawSample, pass_index: int) -> str:
-        """The sample's caption, or one made from its ``.cls`` label and the class names."""
+        """The sample's caption, or one made from its ``.cls`` label (:mod:`clipforge.data.class_captions`)."""
         value = pick(item.files, CAPTION_EXTS)[1]
-        if value is None and "cls" in item.files:
-            if self.class_captions is None:
-                raise BadSample("missing_caption", "a .cls label but no class names (classnames.txt beside the "
-                                                   "shards, or data.classnames)")
-            rng = caption_rng(self.config.seed, self.start.plan.epoch, item.shard, item.key, pass_index)
-            return self.class_captions.caption(load_bytes(item.files["cls"]), rng)
-        return decode_caption(load_bytes(value))
+        if value is not None or "cls" not in item.files:
+            return decode_caption(load_bytes(value))
+        rng = caption_rng(self.config.seed, self.start.plan.epoch, item.shard, item.key, pass_index)
+        return caption_from_label(self.class_captions, load_bytes(item.files["cls"]), rng)
 
 
 class ShardLoader:
