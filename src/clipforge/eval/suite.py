@@ -110,6 +110,9 @@ class Suite:
         seconds = time.perf_counter() - start
         self.timings[name] = {"images": len(dataset.paths), "seconds": round(seconds, 3),
                               "images_per_second": round(len(dataset.paths) / max(seconds, 1e-9), 2)}
+        if c.progress:
+            print(f"[eval] {name}: {len(dataset.paths)} images in {seconds:.1f} s "
+                  f"({self.timings[name]['images_per_second']:.1f} images/s)", file=sys.stderr, flush=True)
         skipped = list(dataset.skipped) + list(features.skipped)
         if skipped:
             self.skipped[name] = skipped
