@@ -26,6 +26,7 @@ import shutil
 import sys
 import tempfile
 import urllib.error
+import urllib.parse
 import urllib.request
 from pathlib import Path
 from typing import Sequence
@@ -102,14 +103,25 @@ def _fetch(url: str, target: Path, progress: bool = False) -> bool:
             os.unlink(tmp)
 
 
+class _SameHostAuth(urllib.request.HTTPRedirectHandler):
+    """Follow redirects (Hugging Face sends shards to its CDN) without taking the token off its host."""
+
+    def redirect_request(self, req, fp, code, msg, headers, newurl):
+        new = super().redirect_request(req, fp, code, msg, headers, newurl)
+        if new is not None and urllib.parse.urlsplit(newurl).netloc != urllib.parse.urlsplit(req.full_url).netloc:
+            new.remove_header("Authorization")
+        return new
+
+
 def _copy(url: str, out, progress: bool) -> bool:
     if not url.startswith(("http://", "https://")):
         return _copy_fsspec(url, out)
     headers = {"User-Agent": "clipforge"}
     if os.environ.get("HF_TOKEN") and "/datasets/" in url:
         headers["Authorization"] = f"Bearer {os.environ['HF_TOKEN']}"
+    opener = urllib.request.build_opener(_SameHostAuth)
     try:
-        with urllib.request.urlopen(urllib.request.Request(url, headers=headers), timeout=60) as response:
+        with opener.open(urllib.request.Request(url, headers=headers), timeout=60) as response:
             total = int(response.headers.get("Content-Length") or 0) or None
             written = _stream(response, out, total, url.rsplit("/", 1)[-1], progress)
     except urllib.error.HTTPError as err:
