@@ -9,7 +9,7 @@ import math
 import pytest
 import torch
 
-from cb_sets import classification_set, encode, shape_images, write_meta, write_split
+from cb_sets import classification_set, encode, shape_images, write_split
 from clipforge.data.loader import DataConfig, build_loader
 from clipforge.transforms import eval_transform
 from test_eval_data import CLASSES

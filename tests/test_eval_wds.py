@@ -16,7 +16,6 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from PIL import Image
 
 from cb_sets import classification_set, encode, multilabel_set, retrieval_set, shape_images, write_meta, write_split
 from clipforge.eval import EvalConfig, run_suite, wds
@@ -24,7 +23,7 @@ from clipforge.eval.datasets import _read_image
 from clipforge.eval.layout import discover
 from clipforge.eval.metrics import average_precision_per_class, mean_average_precision
 from clipforge.eval.retrieval import score_retrieval
-from test_eval_data import CLASSES, aligned_clip, write_task
+from test_eval_data import CLASSES, aligned_clip
 
 REFERENCE = json.loads((Path(__file__).parent / "fixtures" / "cb_reference.json").read_text())
 CONFIG = EvalConfig(progress=False, plots=False)

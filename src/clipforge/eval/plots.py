@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import os
 import warnings
 from pathlib import Path
 
@@ -21,11 +22,13 @@ def _pyplot():
 
 
 def finish(plt, fig, ax, path: Path, legend_loc: str = "best", dpi: int = 100) -> str:
-    """Grid, legend, tight layout; save ``fig`` as ``path`` and close it; the path as a string."""
+    """Grid, legend, tight layout; save ``fig`` as the PNG ``path`` (whole or not at all) and close it."""
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8, loc=legend_loc)
     fig.tight_layout()
-    fig.savefig(path, dpi=dpi)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    fig.savefig(tmp, dpi=dpi, format="png")
+    os.replace(tmp, path)
     plt.close(fig)
     return str(path)
 
