@@ -201,8 +201,7 @@ class _SlotDataset(IterableDataset):
         if self.decode.image_size is None and isinstance(size, int):
             self.decode = replace(self.decode, image_size=size)  # enables draft decoding of big JPEGs
         self.with_rng = _takes_rng(transform)
-        self.class_captions = load_class_captions(config.classnames, config.class_templates,
-                                                  [s.url for s in shards if s.kind == "wds"])
+        self.class_captions = load_class_captions(config.classnames, config.class_templates, [s.url for s in shards])
         self.start: _Start | None = None
         self.last_error = ""
 
@@ -272,7 +271,6 @@ class _SlotDataset(IterableDataset):
             return self.transform(image), caption
         except Exception as exc:  # a transform failing on one odd image must not stop the run
             raise BadSample("transform_error", f"{type(exc).__name__}: {exc}") from None
-
 
     def _caption(self, item: RawSample, pass_index: int) -> str:
         """The sample's caption, or one made from its ``.cls`` label (:mod:`clipforge.data.class_captions`)."""
