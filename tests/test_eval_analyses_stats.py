@@ -144,6 +144,9 @@ def test_bias_labels_and_close_answer_files(tmp_path):
     path.write_text(json.dumps({"added": ["child"]}))
     with pytest.raises(ValueError, match="expected"):
         sidecars.read_bias_labels(path, ("man",))
+    path.write_text(json.dumps({"harmful": ["thief"], "groups": "race"}))
+    with pytest.raises(ValueError, match="groups must be a list"):
+        sidecars.read_bias_labels(path, ("man",))
 
     class Spec:
         path = tmp_path

@@ -6,7 +6,9 @@ CLIP_benchmark's webdataset layout, or a folder of those); ``--dataset`` takes z
 collections (``cifar10,imagenet1k,mscoco_captions``, ``paper``; `clipforge datasets` lists them),
 found under ``--dataset-root`` or in the cache, downloaded from their source when missing.
 Writes report.json, report.md, PNG plots and CLIP_benchmark-schema JSONs into RUN_DIR and prints
-a summary table.
+a summary table. The paper's further analyses run when named (``--suite bias,coarse_fine,scaling,
+zs_vs_probe,adaptation`` or ``all``; :mod:`clipforge.eval.analyses`): ``--series`` gives the scaling
+study its other models, ``--bias-labels`` the bias probe's label set.
 """
 
 from __future__ import annotations

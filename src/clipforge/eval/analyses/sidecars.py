@@ -111,7 +111,10 @@ def read_bias_labels(path: Path, classnames: tuple[str, ...]) -> dict:
     clash = sorted(set(added) & ({x for v in harmful.values() for x in v} | set(classnames)))
     if clash:
         raise ValueError(f"{path}: added labels {clash} are already in the label set")
-    return {"harmful": {str(c): list(v) for c, v in harmful.items()}, "added": added, "groups": spec.get("groups")}
+    groups = spec.get("groups")
+    if groups is not None and not (isinstance(groups, list) and all(isinstance(g, str) for g in groups)):
+        raise ValueError(f"{path}: groups must be a list of attribute names (columns of the groups file)")
+    return {"harmful": {str(c): list(v) for c, v in harmful.items()}, "added": added, "groups": groups}
 
 
 def read_close_answers(spec: Any, classnames: tuple[str, ...]) -> tuple[list[frozenset[int]], list[str] | None] | None:
