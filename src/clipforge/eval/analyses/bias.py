@@ -179,9 +179,9 @@ def plot(plt, result: dict, out_dir: Path) -> list[str]:
         fig, axes = plt.subplots(1, len(attributes), figsize=(4.5 * len(attributes), 3.8), squeeze=False)
         for ax, (attribute, a) in zip(axes[0], attributes):
             _bars(ax, a, keys, bool(r["added"]) and keys != ["accuracy"])
-            ax.set(title=f"{name}: by {attribute}", ylabel="% of the group's images")
+            ax.set(title=f"{name}: by {attribute}", ylabel="% of the group's images", ylim=(0, 1.4 * ax.get_ylim()[1]))
             ax.grid(alpha=0.3)
-        files.append(finish(plt, fig, axes[0][-1], out_dir / f"bias_{name}.png"))
+        files.append(finish(plt, fig, axes[0][-1], out_dir / f"bias_{name}.png", "upper right"))
     return files
 
 

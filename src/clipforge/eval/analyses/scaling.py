@@ -14,6 +14,7 @@ fitted line and the residuals.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -122,7 +123,7 @@ def section(result: dict, report: dict) -> list[str]:
 
 
 def plot(plt, result: dict, out_dir: Path) -> list[str]:
-    from matplotlib.ticker import ScalarFormatter
+    from matplotlib.ticker import NullFormatter
 
     from clipforge.eval.plots import finish
 
@@ -145,7 +146,10 @@ def plot(plt, result: dict, out_dir: Path) -> list[str]:
     res.grid(alpha=0.3)
     ax.set_xscale("log")
     ax.set_yscale("log")
-    ax.yaxis.set_major_formatter(ScalarFormatter())
-    ax.yaxis.set_minor_formatter(ScalarFormatter())
+    low, high = ax.get_ylim()  # ticks at 1, 2, 5 × 10^k inside the range, as plain numbers
+    ticks = [m * 10.0**k for k in range(math.floor(math.log10(low)), math.ceil(math.log10(high)) + 1)
+             for m in (1, 2, 5) if low <= m * 10.0**k <= high]
+    ax.set_yticks(ticks, [f"{t:g}" for t in ticks])
+    ax.yaxis.set_minor_formatter(NullFormatter())
     ax.set(xlabel="training FLOPs", ylabel="zero-shot error (%, log scale)", title="zero-shot error vs compute")
     return [finish(plt, fig, ax, out_dir / "scaling.png")]
