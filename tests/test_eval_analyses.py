@@ -31,6 +31,7 @@ def trained(tmp_path_factory):
     from clipforge.commands.demo import recipe_path
     from clipforge.data.synthetic import WorldConfig, generate_world
     from clipforge.train.config import load_config
+    from clipforge.train.distributed import destroy_distributed
     from clipforge.train.loop import Trainer
 
     root, threads = tmp_path_factory.mktemp("analyses"), torch.get_num_threads()
@@ -50,6 +51,7 @@ def trained(tmp_path_factory):
             Trainer(load_config(recipe_path(None), overrides), echo=lambda message: None).train()
             models[width] = root / f"w{width}" / "final"
     finally:
+        destroy_distributed()
         torch.set_num_threads(threads)
     (world / "eval" / "shape" / "bias_labels.json").write_text(json.dumps(BIAS_LABELS))
     return world, models
