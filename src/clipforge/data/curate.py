@@ -29,6 +29,7 @@ import hashlib
 import json
 import os
 import sys
+import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Callable
@@ -42,6 +43,8 @@ from clipforge.data.pool import FileFailure, PoolColumns, iter_parts, list_pool,
 from clipforge.data.queries import QueryMatcher
 from clipforge.data.report import DataReport
 
+# Test hook, "PARTS:SECONDS": pause once PARTS output parts are written (a test kills the process there).
+PAUSE_ENV = "CLIPFORGE_TEST_CURATE_PAUSE"
 BUCKET_ITEMS = 4_000_000  # items handled at once by de-duplication and selection (~100 MB of arrays)
 
 
@@ -261,12 +264,19 @@ def _write(files, columns, matcher, out, manifest, keep, config, progress) -> No
             bar.update(len(part.rows))
             if name in manifest["written"] or name not in manifest["scanned"]:
                 continue
+            _test_pause(len(manifest["written"]))
             scan = load_scan(out, name)
             rows = scan["row"][keep[name]]
             n = write_part(out / "selected" / f"part-{name}.parquet", part, rows, scan, keep[name], columns,
                            matcher, len(files))
             manifest["written"][name] = n
             write_json(out / "work" / "manifest.json", manifest)
+
+
+def _test_pause(written: int) -> None:
+    hook = os.environ.get(PAUSE_ENV)
+    if hook and int(hook.partition(":")[0]) == written:
+        time.sleep(float(hook.partition(":")[2]))
 
 
 def _report(manifest, failures, removed, counts, queries, config, out: Path) -> dict:

