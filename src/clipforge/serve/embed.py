@@ -14,6 +14,12 @@ written to temporary names and renamed, then the manifest is rewritten (temp + r
 is finished exactly when the manifest lists it. A restart with the same settings skips finished
 parts (items are read but not decoded or encoded) after checking that the source still lists the
 same ids there (``ids_sha1``).
+
+Under torchrun (``world_size`` > 1) part k belongs to rank ``k % world_size``. Each rank writes its
+own parts and its own ``manifest-rank-RRR.json`` (so no two processes write one file), skips parts
+that any manifest lists as finished (whatever the world size of the run that wrote them), and
+after a barrier rank 0 merges every manifest into ``manifest.json``. The part files are the ones a
+single process writes; a rank killed mid-run loses only the part it was writing.
 """
 
 from __future__ import annotations
@@ -40,6 +46,15 @@ FORMAT = "clipforge-embeddings/1"
 MANIFEST = "manifest.json"
 DTYPES = ("float16", "float32")
 FILE_FORMATS = ("npy", "parquet")
+
+
+@dataclass(frozen=True)
+class Ranks:
+    """This process's rank, the number of processes, and a barrier across them (torch.distributed)."""
+
+    rank: int = 0
+    world_size: int = 1
+    barrier: Callable[[], None] = lambda: None
 
 
 class EmbedError(RuntimeError):
@@ -80,13 +95,18 @@ class EmbedResult:
 
 def run_embedding(source: ItemSource, encode: Callable[[list], np.ndarray], out_dir: str | os.PathLike,
                   config: EmbedConfig, header: dict[str, Any], info: dict[str, Any] | None = None,
-                  prepare: Callable[[Any], Any] | None = None) -> EmbedResult:
+                  prepare: Callable[[Any], Any] | None = None, ranks: Ranks | None = None) -> EmbedResult:
     """Embed ``source``'s items with ``encode`` (list of loaded items → float32 [N, D]) into ``out_dir``.
 
     ``header`` identifies the job (e.g. kind, source, model fingerprint); a restart must give the same
     one. ``info`` is recorded in the manifest but not compared (e.g. the model's path). ``prepare``
     runs on each loaded item in the decoding threads (e.g. the image transform), before ``encode``.
+    ``ranks``: this process's share under torchrun (see the module doc); None = one process.
     """
+    if ranks is not None and ranks.world_size > 1:
+        from clipforge.serve.embed_ranks import run_ranked
+
+        return run_ranked(source, encode, out_dir, config, header, info, prepare, ranks)
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     with _exclusive(out):

@@ -1,7 +1,9 @@
 """`clipforge embed MODEL (--images SPEC | --texts FILE) --out DIR`: resumable batch embedding.
 
 Run it again with the same arguments after an interruption: finished parts are kept, the rest is
-computed. See :mod:`clipforge.serve.embed` for the files written.
+computed. See :mod:`clipforge.serve.embed` for the files written. Several processes split the parts:
+``torchrun --nproc-per-node 4 -m clipforge embed MODEL --images ... --out DIR`` (gloo; each rank
+writes its own parts, rank 0 merges the manifest).
 """
 
 from __future__ import annotations
@@ -34,9 +36,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from clipforge.serve.embed_ranks import init_ranks
     from clipforge.serve.embed_sources import image_items, text_items
     from clipforge.serve.encoder import Encoder
 
+    ranks = init_ranks()
     try:
         config = EmbedConfig(part_size=args.part_size, batch_size=args.batch_size, dtype=args.dtype,
                              format=args.format, workers=args.workers, max_parts=args.max_parts)
@@ -51,11 +55,16 @@ def run(args: argparse.Namespace) -> int:
         header = {"kind": "image" if args.images else "text", "source": args.images or args.texts,
                   "model_sha256": encoder.fingerprint(), "dim": encoder.dim}
         result = run_embedding(source, encode, args.out, config, header, info={"model": encoder.name},
-                               prepare=prepare)
+                               prepare=prepare, ranks=ranks)
     except (EmbedError, ValueError, FileNotFoundError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
-    summary = {"out": str(result.out_dir), "complete": result.complete, "rows": result.rows,
+    finally:
+        if ranks.world_size > 1:
+            import torch.distributed as dist
+
+            dist.destroy_process_group()
+    summary = {"out": str(result.out_dir), "rank": ranks.rank, "complete": result.complete, "rows": result.rows,
                "parts_written": len(result.parts_written), "parts_reused": len(result.parts_reused),
                "skipped": len(result.skipped), "shard_failures": source.failures}
     for item_id, reason in result.skipped[:20]:
