@@ -287,3 +287,14 @@ def _written(manifest: Path) -> dict:
         return json.loads(manifest.read_text())["written"]
     except (OSError, ValueError):
         return {}
+
+
+@pytest.mark.parametrize("url,ok", [
+    ("http://example.com/a.jpg", True), ("https://a.b:8080/x?y=1", True), ("http://127.0.0.1:5/ok/1.png", True),
+    ("http://[::1]/z.jpg", True), ("htp:/broken", False), ("http://[::1/z.jpg", False), ("ftp://x.com/a", False),
+    ("http://", False), ("http://x.com:99999999/", False), ("http://exa mple.com/", False), ("/local/a.jpg", False),
+])
+def test_url_check(url, ok):
+    from clipforge.data.pool import valid_url
+
+    assert valid_url(url) is ok

@@ -265,10 +265,8 @@ def _write(files, columns, matcher, out, manifest, keep, config, progress) -> No
             if name in manifest["written"] or name not in manifest["scanned"]:
                 continue
             _test_pause(len(manifest["written"]))
-            scan = load_scan(out, name)
-            rows = scan["row"][keep[name]]
-            n = write_part(out / "selected" / f"part-{name}.parquet", part, rows, scan, keep[name], columns,
-                           matcher, len(files))
+            n = write_part(out / "selected" / f"part-{name}.parquet", part, load_scan(out, name), keep[name],
+                           columns, matcher, len(files))
             manifest["written"][name] = n
             write_json(out / "work" / "manifest.json", manifest)
 

@@ -19,9 +19,21 @@ def _text(value):
     return value
 
 
-def write_part(path: Path, part: Part, rows: np.ndarray, scan: dict, keep: np.ndarray, columns: PoolColumns,
+def kept_queries(scan: dict, keep: np.ndarray) -> tuple[np.ndarray, list[list[int]]]:
+    """(row offsets of the kept rows, the query ids each contains) from a part's scan arrays."""
+    kept = np.flatnonzero(keep)
+    inside = keep[scan["match_row"]]
+    rows, queries = scan["match_row"][inside], scan["match_query"][inside]
+    order = np.argsort(rows, kind="stable")
+    rows, queries = rows[order], queries[order]
+    bounds = np.searchsorted(rows, kept)
+    ends = np.searchsorted(rows, kept, side="right")
+    return scan["row"][kept], [queries[a:b].tolist() for a, b in zip(bounds.tolist(), ends.tolist())]
+
+
+def write_part(path: Path, part: Part, scan: dict, keep: np.ndarray, columns: PoolColumns,
                matcher: QueryMatcher, n_files: int) -> int:
-    """Write the kept rows of ``part`` (``rows``: row offsets) with ``uid`` and ``queries``; returns the count.
+    """Write the kept rows of ``part`` with ``uid`` and ``queries``; returns the count.
 
     A part with no kept row writes no file (img2dataset would fail on an empty one).
     """
@@ -30,16 +42,17 @@ def write_part(path: Path, part: Part, rows: np.ndarray, scan: dict, keep: np.nd
 
     from clipforge.data.curate import atomic
 
+    rows, found = kept_queries(scan, keep)
     if len(rows) == 0:
         return 0
     records = []
-    for offset in rows.tolist():
+    for offset, ids in zip(rows.tolist(), found):
         row = part.rows[offset]
         checked, reason, _ = check_row(row, columns, default_uid(part, offset, n_files))
         assert checked is not None, reason  # the scan passed it; the pool changed otherwise (checked by size/mtime)
         record = {k: _text(v) for k, v in row.items() if k not in ("uid", "queries")}
         record["uid"] = checked.uid
-        record["queries"] = [matcher.queries[q] for q in matcher.match_words(checked.words)]
+        record["queries"] = [matcher.queries[q] for q in ids]
         records.append(record)
     table = pa.Table.from_pylist(records)
     atomic(path, lambda f: pq.write_table(table, f))

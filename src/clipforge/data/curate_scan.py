@@ -7,6 +7,7 @@ kept as arrays (24 bytes per valid row, 8 per match), so a part of any size scan
 
 from __future__ import annotations
 
+import functools
 import hashlib
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -32,12 +33,15 @@ class CaptionFilter:
 
 @dataclass
 class Checked:
-    """A row that passed the checks: its uid, caption, caption words, URL (or local path)."""
+    """A row that passed the checks: its uid, caption, URL (or local path); its words when asked."""
 
     uid: str
     caption: str
-    words: list[str]
     url: str
+
+    @functools.cached_property
+    def words(self) -> list[str]:
+        return words(self.caption)
 
 
 @dataclass
@@ -93,7 +97,7 @@ def check_row(row: dict, columns: PoolColumns, uid: str) -> tuple[Checked | None
         url, ok = decode_cell(row.get(columns.path))
         if not url:
             return None, "missing_image", ""
-    return Checked(uid, caption, words(caption), url), "", ""
+    return Checked(uid, caption, url), "", ""
 
 
 def row_label(row: dict, columns: PoolColumns, uid: str) -> str:

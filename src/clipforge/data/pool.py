@@ -15,6 +15,7 @@ the next file.
 from __future__ import annotations
 
 import os
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterator
@@ -107,14 +108,21 @@ def read_header(file: str) -> list[str]:
     return line.split("\t" if file.lower().endswith(".tsv") else ",")
 
 
+# The common case, checked fast: http(s)://host[:port][/path], host of letters, digits, dots, hyphens.
+_PLAIN_URL = re.compile(r"https?://[A-Za-z0-9](?:[A-Za-z0-9.-]*[A-Za-z0-9])?(?::[0-9]{1,5})?(?:[/?#][^\s]*)?\Z")
+
+
 def valid_url(url: str) -> bool:
     """http(s) with a host: what img2dataset can fetch."""
+    if _PLAIN_URL.match(url):
+        return True
     try:
         parts = urlsplit(url)
         parts.port  # raises ValueError for a port that is not a number
     except ValueError:  # also an unbalanced IPv6 bracket
         return False
-    return parts.scheme in ("http", "https") and bool(parts.hostname)
+    host = parts.hostname or ""
+    return parts.scheme in ("http", "https") and bool(host) and not any(c.isspace() for c in host)
 
 
 def decode_cell(value) -> tuple[str | None, bool]:
