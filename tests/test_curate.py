@@ -237,7 +237,7 @@ def test_bad_input_is_counted_and_listed_by_reason(tmp_path):
 def test_a_changed_job_in_the_same_folder_is_refused(tmp_path):
     make_pool(tmp_path / "pool.parquet", 200)
     curate(str(tmp_path / "pool.parquet"), QUERIES, tmp_path / "out", CurateConfig(cap=10), progress=False)
-    with pytest.raises(CurateError, match="other inputs or settings"):
+    with pytest.raises(CurateError, match="other settings or inputs"):
         curate(str(tmp_path / "pool.parquet"), QUERIES, tmp_path / "out", CurateConfig(cap=11), progress=False)
 
 

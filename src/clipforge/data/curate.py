@@ -32,12 +32,12 @@ import sys
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Callable
 
 import numpy as np
 from tqdm import tqdm
 
 from clipforge.data.balance import first_occurrences, hash_bucket, priorities, select_per_query
+from clipforge.data.files import atomic, read_same_job, write_json
 from clipforge.data.curate_scan import CaptionFilter, LanguageFilter, ScanResult, scan_part
 from clipforge.data.pool import FileFailure, PoolColumns, iter_parts, list_pool, read_header, resolve_columns
 from clipforge.data.queries import QueryMatcher
@@ -121,30 +121,12 @@ def _open_manifest(out: Path, header: dict) -> dict:
     for stale in list(out.rglob("*.tmp")):  # left by a run killed mid-write
         stale.unlink()
     if path.exists():
-        manifest = json.loads(path.read_text())
-        differing = sorted(k for k in header if manifest.get(k) != header[k])
-        if differing:
-            raise CurateError(f"{out}: holds a curate job with other inputs or settings ({', '.join(differing)}); "
-                              "use a new --out folder")
-        return manifest
+        return read_same_job(path, header, CurateError, "use a new --out folder")
     if any((out / "selected").iterdir()):
         raise CurateError(f"{out}/selected holds files but there is no work/manifest.json; use a new --out folder")
     manifest = {**header, "scanned": {}, "written": {}}
     write_json(path, manifest)
     return manifest
-
-
-def write_json(path: Path, data: dict) -> None:
-    atomic(path, lambda f: f.write((json.dumps(data, indent=1) + "\n").encode()))
-
-
-def atomic(path: Path, write: Callable) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "wb") as f:
-        write(f)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
 
 
 # ---- phase 1: scan ------------------------------------------------------------------------------

@@ -123,7 +123,7 @@ def _curate(args: argparse.Namespace) -> int:
         print(f"clipforge data curate: error: {err}", file=sys.stderr)
         return 2
     if filters is not None:
-        from clipforge.data.curate import write_json
+        from clipforge.data.files import write_json
 
         report["image_filters"] = filters
         write_json(Path(args.out) / "report.json", report)

@@ -7,6 +7,7 @@ from pathlib import Path
 import numpy as np
 
 from clipforge.data.curate_scan import check_row, default_uid
+from clipforge.data.files import atomic
 from clipforge.data.pool import Part, PoolColumns, decode_cell
 from clipforge.data.queries import QueryMatcher
 
@@ -40,8 +41,6 @@ def write_part(path: Path, part: Part, scan: dict, keep: np.ndarray, columns: Po
     import pyarrow as pa
     import pyarrow.parquet as pq
 
-    from clipforge.data.curate import atomic
-
     rows, found = kept_queries(scan, keep)
     if len(rows) == 0:
         return 0
@@ -61,8 +60,6 @@ def write_part(path: Path, part: Part, scan: dict, keep: np.ndarray, columns: Po
 
 def write_per_query(path: Path, queries: list[str], counts: np.ndarray) -> None:
     """``query  matched  selected  in_output`` for every query, in list order."""
-    from clipforge.data.curate import atomic
-
     lines = ["query\tmatched\tselected\tin_output\n"]
     lines += [f"{q}\t{m}\t{s}\t{o}\n" for q, (m, s, o) in zip(queries, counts.tolist())]
     atomic(path, lambda f: f.write("".join(lines).encode("utf-8")))

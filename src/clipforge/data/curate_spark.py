@@ -18,7 +18,8 @@ from pathlib import Path
 
 import numpy as np
 
-from clipforge.data.curate import CurateConfig, write_json
+from clipforge.data.curate import CurateConfig
+from clipforge.data.files import write_json
 from clipforge.data.pool import list_pool, read_header, resolve_columns
 
 _SIGN = np.uint64(1 << 63)

@@ -40,12 +40,16 @@ import numpy as np
 from tqdm import tqdm
 
 from clipforge.data.decode import BadSample
+from clipforge.data.files import atomic as _atomic
+from clipforge.data.files import read_same_job
+from clipforge.data.files import write_json as _write_json
 from clipforge.serve.embed_sources import Item, ItemSource
 
 FORMAT = "clipforge-embeddings/1"
 MANIFEST = "manifest.json"
 DTYPES = ("float16", "float32")
 FILE_FORMATS = ("npy", "parquet")
+ADVICE = "resume with the same model, source and settings, or use a new --out directory"
 
 
 @dataclass(frozen=True)
@@ -162,12 +166,7 @@ def _open_manifest(out: Path, header: dict[str, Any]) -> dict[str, Any]:
         manifest = {**header, "complete": False, "rows": None, "parts": {}, "failures": []}
         _write_json(path, manifest)
         return manifest
-    manifest = json.loads(path.read_text())
-    differing = sorted(k for k in header if manifest.get(k) != header[k])
-    if differing:
-        raise EmbedError(f"{out}: was written by a job with other settings ({', '.join(differing)}); resume with "
-                         "the same model, source and settings, or use a new --out directory")
-    return manifest
+    return read_same_job(path, header, EmbedError, ADVICE)
 
 
 @contextlib.contextmanager
@@ -243,20 +242,6 @@ def _write_part(out: Path, name: str, array: np.ndarray, ids: list[str], sources
     _atomic(out / f"{name}.npy", lambda f: np.save(f, array, allow_pickle=False))
     _atomic(out / f"{name}.ids.json", lambda f: f.write(json.dumps({"ids": ids, "sources": sources}).encode()))
     return [f"{name}.npy", f"{name}.ids.json"]
-
-
-def _atomic(path: Path, write: Callable[[Any], None]) -> None:
-    """Write through ``write(binary file)`` to a temporary name, flush to disk, then rename over ``path``."""
-    tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "wb") as f:
-        write(f)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
-
-
-def _write_json(path: Path, data: dict) -> None:
-    _atomic(path, lambda f: f.write((json.dumps(data, indent=1) + "\n").encode()))
 
 
 @dataclass

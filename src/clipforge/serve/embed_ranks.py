@@ -18,7 +18,8 @@ from typing import Any, Callable, Iterator
 
 from tqdm import tqdm
 
-from clipforge.serve.embed import (FORMAT, MANIFEST, EmbedConfig, EmbedError, EmbedResult, Ranks, _chunks,
+from clipforge.data.files import read_same_job
+from clipforge.serve.embed import (ADVICE, FORMAT, MANIFEST, EmbedConfig, EmbedError, EmbedResult, Ranks, _chunks,
                                    _embed_part, _ids_digest, _load, _settings, _write_json)
 from clipforge.serve.embed_sources import ItemSource
 
@@ -57,14 +58,7 @@ def _rank_lock(out: Path, rank: int) -> Iterator[None]:
 
 
 def _read_checked(path: Path, header: dict) -> dict | None:
-    if not path.exists():
-        return None
-    manifest = json.loads(path.read_text())
-    differing = sorted(k for k in header if manifest.get(k) != header[k])
-    if differing:
-        raise EmbedError(f"{path.parent}: was written by a job with other settings ({', '.join(differing)}); resume "
-                         "with the same model, source and settings, or use a new --out directory")
-    return manifest
+    return read_same_job(path, header, EmbedError, ADVICE) if path.exists() else None
 
 
 def finished_parts(out: Path, header: dict) -> dict[str, dict]:
