@@ -316,3 +316,16 @@ def test_caption_filters_length_and_language(tmp_path):
     reasons = {s["key"]: s["reason"] for s in report["dropped"]["samples"]}
     assert reasons == {"k1": "wrong_language", "k2": "caption_too_short", "k4": "wrong_language"}
     assert sorted(r["uid"] for r in _selected(tmp_path / "out")) == ["k0", "k3"]
+
+
+def test_local_images_with_the_same_bytes_are_duplicates(tmp_path):
+    (tmp_path / "img").mkdir()
+    for name, data in (("a.png", b"\x89PNG one"), ("b.png", b"\x89PNG two"), ("c.png", b"\x89PNG one")):
+        (tmp_path / "img" / name).write_bytes(data)
+    rows = [{"path": f"img/{n}", "caption": f"a dog {n}"} for n in ("a.png", "b.png", "c.png", "gone.png")]
+    pq.write_table(pa.Table.from_pylist(rows), tmp_path / "pool.parquet")
+    report = curate(str(tmp_path / "pool.parquet"), ["dog"], tmp_path / "out", CurateConfig(cap=10),
+                    progress=False).report
+    assert report["duplicates"]["duplicate_image"] == 1
+    assert report["dropped"]["by_reason"] == {"missing_image": 1}
+    assert [r["path"] for r in _selected(tmp_path / "out")] == ["img/a.png", "img/b.png"]
