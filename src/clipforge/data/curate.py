@@ -38,7 +38,7 @@ from tqdm import tqdm
 
 from clipforge.data.balance import first_occurrences, hash_bucket, priorities, select_per_query
 from clipforge.data.files import atomic, read_same_job, write_json
-from clipforge.data.curate_scan import CaptionFilter, LanguageFilter, ScanResult, scan_part
+from clipforge.data.curate_scan import CaptionFilter, LanguageFilter, scan_part
 from clipforge.data.pool import FileFailure, PoolColumns, iter_parts, list_pool, read_header, resolve_columns
 from clipforge.data.queries import QueryMatcher
 from clipforge.data.report import DataReport

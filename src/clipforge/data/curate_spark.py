@@ -40,7 +40,7 @@ def _scan_files(batches, files, columns, queries, config: CurateConfig, removals
     """mapInArrow body: file indices in → one record per pool row (checked, matched) out."""
     import pyarrow as pa
 
-    from clipforge.data.curate_scan import LanguageFilter, check_row, default_uid, row_label
+    from clipforge.data.curate_scan import LanguageFilter
     from clipforge.data.pool import FileFailure, iter_parts
     from clipforge.data.queries import QueryMatcher
 
