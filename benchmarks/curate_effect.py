@@ -20,6 +20,7 @@ import argparse
 import csv
 import json
 import random
+import shutil
 import sys
 import tarfile
 import time
@@ -184,6 +185,7 @@ def run(out: Path, args) -> dict:
 
     pool = pq.read_table(pool_path).to_pylist()
     queries = load_query_texts(class_queries(manifest, out / "queries.tsv"))
+    shutil.rmtree(out / "curated", ignore_errors=True)  # the pool was just written again: a new curate job
     curated = curate(str(pool_path), queries, out / "curated", CurateConfig(cap=args.cap), progress=False)
     balanced = pq.read_table(out / "curated" / "selected").to_pylist()
     random_rows = random.Random(args.seed + 2).sample(pool, len(balanced))
