@@ -83,7 +83,7 @@ def first_occurrences(hashes: np.ndarray, order_key: np.ndarray) -> np.ndarray:
 
 
 def hash_bucket(hashes: np.ndarray, buckets: int) -> np.ndarray:
-    """Bucket of each hash (its top bits, uniform), for processing hashes a bucket at a time."""
+    """Bucket of each hash (its remainder: hashes are uniform), for processing hashes a bucket at a time."""
     return (np.asarray(hashes, dtype=np.uint64) % np.uint64(max(1, buckets))).astype(np.int64)
 
 

@@ -31,7 +31,8 @@ def _signed(u: np.ndarray) -> np.ndarray:
     return (np.asarray(u, dtype=np.uint64) ^ _SIGN).view(np.int64)
 
 
-def _scan_schema(extra: list[str]) -> str:
+def _scan_schema() -> str:
+    """One record per pool row: where it is, its hashes (signed), its query ids, why it was dropped."""
     return ("file_index int, row long, uid string, uid_hash long, url_hash long, image_hash long, "
             "queries array<int>, reason string, detail string, caption string, link string, extra string")
 
@@ -137,7 +138,7 @@ def curate_spark(pool: str, queries: list[str], out_dir, config: CurateConfig = 
             min(len(files), 64), "file_index")
         scanned = files_df.mapInArrow(
             lambda it: _scan_files(it, files, columns, queries, config, removals or {}, extra),
-            _scan_schema(extra))
+            _scan_schema())
         report = run_plan(spark, scanned, queries, config, columns, extra, Path(out_dir), _priority_udf(config.seed))
     finally:
         if own:
