@@ -138,7 +138,7 @@ def plot(result: dict, path: Path) -> None:
     bottom.axhline(100 / len(shapes), color="k", lw=0.8, ls=":", label="chance")
     bottom.set_ylabel("zero-shot accuracy (%)")
     bottom.set_xticks(x, [f"{s}\n(pool {result['pool_shape_counts'][s]})" for s in shapes])
-    bottom.legend(loc="upper right")
+    bottom.legend(loc="upper left", fontsize=8)
     top.set_title(f"Query-balanced vs random subset of equal size ({result['subset_size']} pairs), "
                   f"{result['steps']} steps")
     fig.tight_layout()
