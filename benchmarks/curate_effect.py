@@ -10,7 +10,7 @@
 5. Zero-shot shape classification on the world's eval set, per class: the rare shapes are where
    balancing should help. A plot and a table go to ``benchmarks/results/``.
 
-    python benchmarks/curate_effect.py --out runs/curate_effect          # ~15 min on 2 quiet cores
+    python benchmarks/curate_effect.py --out runs/curate_effect          # ~12 min on 2 quiet cores (600 steps x 2)
     python benchmarks/curate_effect.py --out /tmp/ce --steps 30 --world 3000 --tag smoke
 """
 
@@ -151,7 +151,7 @@ def main() -> None:
     parser.add_argument("--out", default="runs/curate_effect")
     parser.add_argument("--world", type=int, default=24_000, help="world training images the pool is drawn from")
     parser.add_argument("--cap", type=int, default=40)
-    parser.add_argument("--steps", type=int, default=400)
+    parser.add_argument("--steps", type=int, default=600)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--model", default="demo-rn")
     parser.add_argument("--tag", default="")
