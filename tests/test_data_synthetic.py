@@ -23,7 +23,7 @@ SMALL = WorldConfig(seed=5, num_train=400, num_val=50, shard_size=100, eval_per_
 @pytest.fixture(scope="module")
 def world(tmp_path_factory) -> tuple[Path, dict]:
     out = tmp_path_factory.mktemp("world")
-    return out, generate_world(out, SMALL, workers=2)
+    return out, generate_world(out, SMALL, workers=1)  # in process (the worker pool: test_deterministic_by_seed...)
 
 
 def samples(folder: Path) -> list[dict]:
