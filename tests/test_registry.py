@@ -92,7 +92,7 @@ def test_unknown_name_lists_the_available_ones():
         get_config("ViT-Q/99")
 
 
-def _forward_backward(model: CLIP, device: str = "cpu") -> None:
+def _check_forward_backward(model: CLIP, device: str = "cpu") -> None:
     """One contrastive step; every parameter gets a gradient of its own shape (finite, on a real device)."""
     config = model.config
     gen = torch.Generator().manual_seed(0)
@@ -114,7 +114,7 @@ def _forward_backward(model: CLIP, device: str = "cpu") -> None:
 @pytest.mark.parametrize("name", SMALL)
 def test_small_config_forward_backward_on_cpu(name):
     torch.manual_seed(0)
-    _forward_backward(clipforge.create_model(name).train())
+    _check_forward_backward(clipforge.create_model(name).train())
 
 
 @pytest.mark.parametrize("name", clipforge.available_models())
@@ -126,12 +126,12 @@ def test_every_registered_model_trains_at_reduced_size(name, one_thread):
     if config is None:
         with torch.device("meta"):
             model = CLIP(get_config(name)).train()
-        _forward_backward(model, "meta")
+        _check_forward_backward(model, "meta")
         return
     model = clipforge.create_model(config).train()
     acts = {type(m) for m in model.modules() if isinstance(m, (QuickGELU, nn.GELU))}
     assert acts == {_expected_act(name)}
-    _forward_backward(model)
+    _check_forward_backward(model)
 
 
 def test_models_command_table_and_json(capsys):
