@@ -2,7 +2,8 @@
 
 Formats read: OpenAI's released files (TorchScript archives and plain state_dicts), open_clip
 checkpoints (``{"state_dict": ...}``, ``module.`` prefixes), safetensors files, HF transformers'
-``CLIPModel`` (a ``save_pretrained`` directory or its state_dict), and this project's own format:
+``CLIPModel``, ``SiglipModel`` and ``Siglip2Model`` (a ``save_pretrained`` directory or its state_dict), and
+this project's own format:
 a directory with ``model.safetensors``, ``config.json`` and the tokenizer's files.
 
 Safety: nothing in a checkpoint is ever executed.
@@ -30,7 +31,7 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
 from clipforge import families
-from clipforge.config import ModelConfig
+from clipforge.config import ModelConfig, PreprocessConfig
 
 WEIGHTS_NAME = "model.safetensors"
 CONFIG_NAME = "config.json"
@@ -256,7 +257,7 @@ def normalize_state_dict(state: dict[str, Any], source: str = "state_dict") -> d
         try:
             out = hf.state_from_hf(out)
         except (KeyError, ValueError) as err:
-            raise CheckpointError(f"{source}: not an HF CLIPModel state_dict we can map ({err})") from err
+            raise CheckpointError(f"{source}: not an HF CLIP/SigLIP state_dict we can map ({err})") from err
     if not any(k.startswith("visual.") for k in out) or all(k.startswith("visual.") or k == "logit_scale" for k in out):
         raise CheckpointError(f"{source}: not a CLIP state_dict (it needs image tower 'visual.*' keys and text tower keys)")
     return out
@@ -271,9 +272,12 @@ def infer_config(state: dict[str, torch.Tensor], act: str = "quick_gelu", source
 
 
 def _infer_config(state: dict[str, torch.Tensor], act: str) -> ModelConfig:
-    text = families.text_family("causal").infer_config(state, act)
+    text_family = families.infer_text(state)
     vision = families.infer_vision(state, act)
-    return ModelConfig(embed_dim=state["text_projection"].shape[1], vision=vision, text=text)
+    preprocess = families.of(vision).preprocess or PreprocessConfig()
+    bias = float(state["logit_bias"]) if "logit_bias" in state else None
+    return ModelConfig(embed_dim=text_family.embed_dim(state), vision=vision, text=text_family.infer_config(state, act),
+                       preprocess=preprocess, init_logit_bias=bias)
 
 
 def resize_positional_embedding(state: dict[str, torch.Tensor], config: ModelConfig, image_size: int) -> ModelConfig:
@@ -322,7 +326,7 @@ def read_directory_config(directory: Path) -> ModelConfig | None:
         return None
     try:
         data = json.loads(path.read_text())
-        if data.get("model_type") == "clip" or "text_config" in data:
+        if "model_type" in data or "text_config" in data:  # transformers' (CLIPModel, SiglipModel ...)
             from clipforge.hf import config_from_hf
 
             return config_from_hf(data)
