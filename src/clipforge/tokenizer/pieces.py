@@ -263,18 +263,20 @@ def _context_from(config: dict) -> int:
     return length if isinstance(length, int) and 0 < length <= 4096 else 64
 
 
-def train_sentencepiece(captions: Sequence[str], vocab_size: int, context_length: int = 64,
-                        seed: int = 0) -> SigLIPTokenizer:
+def train_sentencepiece(captions: Sequence[str], vocab_size: int, context_length: int = 64) -> SigLIPTokenizer:
     """A SigLIP-style vocabulary learned from captions (SentencePiece unigram, T5's id layout: padding 0,
-    EOS 1, unknown 2, no BOS), as a :class:`SigLIPTokenizer`. Deterministic for the same captions."""
+    EOS 1, unknown 2, no BOS), as a :class:`SigLIPTokenizer`. Deterministic for the same captions.
+    ``vocab_size`` is an upper bound: a small corpus (few distinct words) gives fewer pieces. The
+    captions are canonicalised first, as the tokenizer will see them."""
     import io
 
     import sentencepiece
 
     model = io.BytesIO()
+    canonical = [re.sub(r"\s+", " ", c.lower().translate(_PUNCTUATION)).strip() for c in captions]
     sentencepiece.SentencePieceTrainer.train(
-        sentence_iterator=iter(captions), model_writer=model, vocab_size=vocab_size, model_type="unigram",
-        pad_id=0, eos_id=1, unk_id=2, bos_id=-1, pad_piece="<pad>", eos_piece="</s>", unk_piece="<unk>",
-        character_coverage=1.0, num_threads=1, random_seed=seed, minloglevel=2,
+        sentence_iterator=iter([c for c in canonical if c]), model_writer=model, vocab_size=vocab_size,
+        model_type="unigram", hard_vocab_limit=False, pad_id=0, eos_id=1, unk_id=2, bos_id=-1, pad_piece="<pad>",
+        eos_piece="</s>", unk_piece="<unk>", character_coverage=1.0, num_threads=1, minloglevel=2,
     )
     return SigLIPTokenizer(model.getvalue(), context_length)
