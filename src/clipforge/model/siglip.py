@@ -67,7 +67,7 @@ class SigLIPVisionTower(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = self.conv1(x)  # [N, W, G, G]
-        x = x.flatten(2).transpose(1, 2) + self.positional_embedding.to(x.dtype)  # [N, G*G, W]
+        x = x.flatten(2).transpose(1, 2).contiguous() + self.positional_embedding.to(x.dtype)  # [N, G*G, W]
         if self.training and self.patch_dropout > 0:
             x = _drop_patches(x, self.patch_dropout)
         x = self.transformer(x)
