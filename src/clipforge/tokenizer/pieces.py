@@ -89,12 +89,13 @@ class _PieceTokenizer:
 class SigLIPTokenizer(_PieceTokenizer):
     """SigLIP's SentencePiece tokenizer (transformers' ``SiglipTokenizer`` rules, see the module docstring).
 
-    ``strip``: for each special token, whether the whitespace to its (left, right) is dropped before the
-    parts are encoded (transformers' ``AddedToken.lstrip/rstrip``, read from ``tokenizer_config.json``).
+    Whether the whitespace around a special token is stripped (``AddedToken.lstrip/rstrip``, which the
+    released ``tokenizer_config.json`` sets) changes nothing here: every part is stripped when it is
+    canonicalised.
     """
 
     def __init__(self, model: bytes, context_length: int = 64, *, lowercase: bool = True, eos: str = "</s>",
-                 pad: str = "</s>", unk: str = "<unk>", strip: dict[str, tuple[bool, bool]] | None = None):
+                 pad: str = "</s>", unk: str = "<unk>"):
         import sentencepiece
 
         super().__init__(context_length)
@@ -102,8 +103,7 @@ class SigLIPTokenizer(_PieceTokenizer):
         self.sp = sentencepiece.SentencePieceProcessor(model_proto=model)
         self.vocab_size = self.sp.get_piece_size()
         self.eos_token_id, self.pad_token_id = self.sp.piece_to_id(eos), self.sp.piece_to_id(pad)
-        self.specials = sorted({eos, pad, unk}, key=len, reverse=True)
-        self.strip = {t: (strip or {}).get(t, (False, False)) for t in self.specials}
+        self.specials = sorted({eos, pad, unk}, key=len, reverse=True)  # the longest first, as transformers matches
         self._split = re.compile("(" + "|".join(map(re.escape, self.specials)) + ")")
         self._unk_length = len(self.sp.encode(unk, out_type=str))
 
@@ -114,23 +114,14 @@ class SigLIPTokenizer(_PieceTokenizer):
     def encode(self, text: str) -> list[int]:
         """The ids of ``text`` without EOS, exactly as ``SiglipTokenizer(...)(text, add_special_tokens=False)``."""
         pieces: list[str] = []
-        for part in self._parts(SPIECE_UNDERLINE + text.replace(SPIECE_UNDERLINE, " ")):
-            pieces += [part] if part in self.strip else self._encode_part(part)
-        if len(pieces) > 1 and pieces[0] == SPIECE_UNDERLINE and pieces[1] in self.strip:
+        # The text split at the literal special tokens (odd indices), each other part encoded on its own.
+        parts = self._split.split(SPIECE_UNDERLINE + text.replace(SPIECE_UNDERLINE, " "))
+        for i, part in enumerate(parts):
+            if part:
+                pieces += [part] if i % 2 else self._encode_part(part)
+        if len(pieces) > 1 and pieces[0] == SPIECE_UNDERLINE and pieces[1] in self.specials:
             pieces = pieces[1:]  # a text that starts with a special token
         return [self.sp.piece_to_id(p) for p in pieces]
-
-    def _parts(self, text: str) -> list[str]:
-        """``text`` split at the special tokens, with the whitespace they strip removed, empty parts dropped."""
-        parts = self._split.split(text)
-        for i, part in enumerate(parts):
-            if part in self.strip and i % 2:  # odd indices are the matched separators
-                left, right = self.strip[part]
-                if left and i > 0:
-                    parts[i - 1] = parts[i - 1].rstrip()
-                if right and i + 1 < len(parts):
-                    parts[i + 1] = parts[i + 1].lstrip()
-        return [p for p in parts if p]
 
     def _encode_part(self, text: str) -> list[str]:
         text = self.canonicalize(text)
@@ -150,23 +141,18 @@ class SigLIPTokenizer(_PieceTokenizer):
         directory = Path(directory)
         directory.mkdir(parents=True, exist_ok=True)
         _write_bytes(directory / SPIECE_FILE, self.model)
-        added = {str(self.sp.piece_to_id(t)): {"content": t, "lstrip": self.strip[t][0], "rstrip": self.strip[t][1],
-                                              "normalized": False, "single_word": False, "special": True}
-                 for t in self.specials}
         config = {"tokenizer_class": "SiglipTokenizer", "model_max_length": self.context_length,
                   "do_lower_case": self.lowercase, "eos_token": self.tokens["eos"], "pad_token": self.tokens["pad"],
-                  "unk_token": self.tokens["unk"], "added_tokens_decoder": added}
+                  "unk_token": self.tokens["unk"]}
         _write_bytes(directory / HF_CONFIG_FILE, (json.dumps(config, indent=2) + "\n").encode())
         return directory
 
     def __getstate__(self) -> dict:  # the SentencePiece processor is rebuilt (DataLoader workers)
         return {"model": self.model, "context_length": self.context_length, "lowercase": self.lowercase,
-                "tokens": self.tokens, "strip": self.strip}
+                "tokens": self.tokens}
 
     def __setstate__(self, state: dict) -> None:
-        t = state["tokens"]
-        self.__init__(state["model"], state["context_length"], lowercase=state["lowercase"], eos=t["eos"],
-                      pad=t["pad"], unk=t["unk"], strip=state["strip"])
+        self.__init__(state["model"], state["context_length"], lowercase=state["lowercase"], **state["tokens"])
 
 
 class GemmaTokenizer(_PieceTokenizer):
@@ -197,10 +183,18 @@ class GemmaTokenizer(_PieceTokenizer):
         return self.backend.encode(text, add_special_tokens=False).ids
 
     def save(self, directory: str | Path) -> Path:
-        """``tokenizer.json`` (as read) and ``tokenizer_config.json`` (``Siglip2Tokenizer``) into ``directory``."""
+        """``tokenizer.json`` and ``tokenizer_config.json`` (``Siglip2Tokenizer``) into ``directory``; the
+        tokenizer.json's post-processor appends EOS, so transformers gives the same ids from it."""
+        from tokenizers import Tokenizer
+        from tokenizers.processors import TemplateProcessing
+
         directory = Path(directory)
         directory.mkdir(parents=True, exist_ok=True)
-        _write_bytes(directory / HF_TOKENIZER_FILE, self.tokenizer_json.encode())
+        saved = Tokenizer.from_str(self.tokenizer_json)
+        eos = self.tokens["eos"]
+        saved.post_processor = TemplateProcessing(single=f"$A {eos}", pair=f"$A {eos} $B:1 {eos}:1",
+                                                  special_tokens=[(eos, self.eos_token_id)])
+        _write_bytes(directory / HF_TOKENIZER_FILE, saved.to_str().encode())
         config = {"tokenizer_class": "Siglip2Tokenizer", "model_max_length": self.context_length,
                   "add_bos_token": False, "add_eos_token": True, "padding_side": "right",
                   "eos_token": self.tokens["eos"], "pad_token": self.tokens["pad"]}
@@ -241,11 +235,9 @@ def load_piece_tokenizer(directory: str | Path, context_length: int | None = Non
     config = json.loads(config_path.read_text(encoding="utf-8")) if config_path.is_file() else {}
     context = context_length or _context_from(config)
     if (directory / SPIECE_FILE).is_file():
-        strip = {t["content"]: (bool(t.get("lstrip")), bool(t.get("rstrip")))
-                 for t in config.get("added_tokens_decoder", {}).values()}
         return SigLIPTokenizer.from_file(directory / SPIECE_FILE, context, lowercase=config.get("do_lower_case", True),
                                          eos=_token(config, "eos_token", "</s>"), pad=_token(config, "pad_token", "</s>"),
-                                         unk=_token(config, "unk_token", "<unk>"), strip=strip)
+                                         unk=_token(config, "unk_token", "<unk>"))
     tokenizer_json = _hf_tokenizer_json(directory)
     if tokenizer_json is None:
         raise FileNotFoundError(f"{directory}: no {SPIECE_FILE} or transformers {HF_TOKENIZER_FILE}")
