@@ -96,8 +96,7 @@ class SigLIPTokenizer(_PieceTokenizer):
 
     def __init__(self, model: bytes, context_length: int = 64, *, lowercase: bool = True, eos: str = "</s>",
                  pad: str = "</s>", unk: str = "<unk>"):
-        import sentencepiece
-
+        sentencepiece = _library("sentencepiece")
         super().__init__(context_length)
         self.model, self.lowercase, self.tokens = model, lowercase, {"eos": eos, "pad": pad, "unk": unk}
         self.sp = sentencepiece.SentencePieceProcessor(model_proto=model)
@@ -159,8 +158,8 @@ class GemmaTokenizer(_PieceTokenizer):
     """SigLIP 2's tokenizer: a ``tokenizer.json`` (Gemma's BPE) with lowercasing in front (see the module docstring)."""
 
     def __init__(self, tokenizer_json: str, context_length: int = 64, *, eos: str = "<eos>", pad: str = "<pad>"):
-        from tokenizers import Tokenizer, normalizers
-
+        tokenizers = _library("tokenizers")
+        Tokenizer, normalizers = tokenizers.Tokenizer, tokenizers.normalizers
         super().__init__(context_length)
         self.tokenizer_json, self.tokens = tokenizer_json, {"eos": eos, "pad": pad}
         self.backend = Tokenizer.from_str(tokenizer_json)
@@ -206,6 +205,16 @@ class GemmaTokenizer(_PieceTokenizer):
 
     def __setstate__(self, state: dict) -> None:
         self.__init__(state["tokenizer_json"], state["context_length"], **state["tokens"])
+
+
+def _library(name: str):
+    """``sentencepiece`` or ``tokenizers``, with the install command when it is missing."""
+    import importlib
+
+    try:
+        return importlib.import_module(name)
+    except ImportError as err:
+        raise ImportError(f"SigLIP's tokenizers need the {name!r} library: pip install 'clipforge[siglip]'") from err
 
 
 def _write_bytes(path: Path, data: bytes) -> None:
@@ -262,8 +271,7 @@ def train_sentencepiece(captions: Sequence[str], vocab_size: int, context_length
     captions are canonicalised first, as the tokenizer will see them."""
     import io
 
-    import sentencepiece
-
+    sentencepiece = _library("sentencepiece")
     model = io.BytesIO()
     canonical = [re.sub(r"\s+", " ", c.lower().translate(_PUNCTUATION)).strip() for c in captions]
     sentencepiece.SentencePieceTrainer.train(
