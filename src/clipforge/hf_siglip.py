@@ -153,7 +153,9 @@ def hf_config_dict(config: ModelConfig, naflex: bool = False) -> dict[str, Any]:
     _hf_act = {ours: theirs for theirs, ours in _ACTS.items()}
     text = dict(vocab_size=t.vocab_size, hidden_size=t.width, intermediate_size=int(t.width * t.mlp_ratio),
                 num_hidden_layers=t.layers, num_attention_heads=t.num_heads, max_position_embeddings=t.context_length,
-                hidden_act=_hf_act[t.act], layer_norm_eps=LAYER_NORM_EPS, projection_size=config.embed_dim)
+                hidden_act=_hf_act[t.act], layer_norm_eps=LAYER_NORM_EPS, projection_size=config.embed_dim,
+                # The tower reads the last position whatever its id: the special ids are the tokenizer's business.
+                bos_token_id=None, eos_token_id=None, pad_token_id=None)
     vision = dict(hidden_size=v.width, intermediate_size=int(v.width * v.mlp_ratio), num_hidden_layers=v.layers,
                   num_attention_heads=v.num_heads, patch_size=v.patch_size, num_channels=3,
                   hidden_act=_hf_act[v.act], layer_norm_eps=LAYER_NORM_EPS)
