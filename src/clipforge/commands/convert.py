@@ -54,13 +54,13 @@ def _write(model, src: Path, target: str, out: Path) -> Path:
         return save_directory(model, out, tokenizer)
     if target == "hf":
         try:
-            from clipforge.hf import to_hf
+            from clipforge.hf import hf_model_of, to_hf
 
             hf = to_hf(model)
         except ImportError as err:
             raise ImportError(f"--to hf needs transformers: pip install 'clipforge[hf]' ({err})") from err
         hf.save_pretrained(out)
-        if type(hf).__name__ == "SiglipModel":  # transformers' SigLIP folders hold the tokenizer's files too
+        if hf_model_of(model.config) == "SiglipModel":  # transformers' SigLIP folders hold the tokenizer's files too
             try:
                 tokenizer_for(src, model.config).save(out)
             except CheckpointError as err:
