@@ -12,7 +12,6 @@ from clipforge.config import ModelConfig
 from clipforge.factory import resolve_config
 from clipforge.model import CLIP
 from clipforge.tokenizer import Tokenizer
-from clipforge.tokenizer.core import CONFIG_FILE as TOKENIZER_FILE
 from clipforge.train.config import ModelSection, RunConfig, TokenizerSection, TrainConfig
 
 
@@ -27,7 +26,9 @@ def model_config(section: ModelSection, vocab_size: int | None = None) -> ModelC
 
 
 def is_saved_tokenizer(directory: Path) -> bool:
-    return (Path(directory) / TOKENIZER_FILE).is_file()
+    from clipforge.tokenizer import is_saved_tokenizer as saved
+
+    return saved(directory)
 
 
 def read_captions(path: str | Path) -> list[str]:
@@ -38,33 +39,45 @@ def read_captions(path: str | Path) -> list[str]:
 
 
 def build_tokenizer(section: TokenizerSection, context_length: int, saved: Path | None = None,
-                    echo: Callable[[str], Any] = print) -> Tokenizer:
-    """OpenAI's tokenizer, a saved one, or a BPE vocabulary learned from captions.
+                    echo: Callable[[str], Any] = print):
+    """OpenAI's tokenizer, a saved one, or a vocabulary learned from captions (BPE or SentencePiece).
 
     ``saved``: a directory where an earlier start of this run stored its learned tokenizer; it is
     reused (learning is deterministic, reading is faster).
     """
+    from clipforge.tokenizer import load_tokenizer
+
+    if section.kind not in ("bpe", "sentencepiece"):
+        raise ValueError(f"tokenizer.kind {section.kind!r}: expected 'bpe' or 'sentencepiece'")
     if section.source == "openai":
         return Tokenizer.openai(context_length=context_length)
     if section.source == "learn":
         if saved is not None and is_saved_tokenizer(saved):
-            tokenizer = Tokenizer.from_directory(saved)
+            tokenizer = load_tokenizer(saved, context_length)
         else:
-            if not section.captions:
-                raise ValueError("tokenizer.source = 'learn' needs tokenizer.captions: a file of captions")
-            from clipforge.tokenizer import train_bpe
-
-            captions = read_captions(section.captions)
-            echo(f"learning a BPE vocabulary of {section.vocab_size} tokens from {len(captions)} captions")
-            tokenizer = train_bpe(captions, section.vocab_size, context_length=context_length)
+            tokenizer = _learn(section, context_length, echo)
     else:
         path = Path(section.source)
         if not (is_saved_tokenizer(path)):
             raise ValueError(f"tokenizer.source {section.source!r}: expected 'openai', 'learn' or a saved tokenizer directory")
-        tokenizer = Tokenizer.from_directory(path)
-    if tokenizer.context_length != context_length:
+        tokenizer = load_tokenizer(path, context_length)
+    if isinstance(tokenizer, Tokenizer) and tokenizer.context_length != context_length:
         tokenizer = Tokenizer(tokenizer.vocab.merges, context_length=context_length)
     return tokenizer
+
+
+def _learn(section: TokenizerSection, context_length: int, echo: Callable[[str], Any]):
+    if not section.captions:
+        raise ValueError("tokenizer.source = 'learn' needs tokenizer.captions: a file of captions")
+    captions = read_captions(section.captions)
+    echo(f"learning a {section.kind} vocabulary of {section.vocab_size} tokens from {len(captions)} captions")
+    if section.kind == "sentencepiece":
+        from clipforge.tokenizer.pieces import train_sentencepiece
+
+        return train_sentencepiece(captions, section.vocab_size, context_length=context_length)
+    from clipforge.tokenizer import train_bpe
+
+    return train_bpe(captions, section.vocab_size, context_length=context_length)
 
 
 def run_tokenizer(section: TokenizerSection, context_length: int, saved: Path,

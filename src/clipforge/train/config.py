@@ -69,6 +69,8 @@ class TokenizerSection:
     source: str = "openai"  # "openai", a directory written by Tokenizer.save, or "learn"
     vocab_size: int = 2048  # for "learn": the size of the BPE vocabulary learned from the captions
     captions: str | None = None  # for "learn": a text file, one caption a line
+    # for "learn": "bpe" (CLIP's byte-level BPE) or "sentencepiece" (SigLIP's: unigram, lowercased, EOS-padded)
+    kind: str = "bpe"
 
 
 @dataclass(frozen=True)
