@@ -59,6 +59,26 @@ def test_a_transformers_siglip_directory_loads_with_its_tokenizer(tmp_path):
     assert again.config == model.config and torch.equal(again_tok(TEXTS), tokens)
 
 
+def test_hf_hub_siglip_repository_loads_from_the_cache_offline(tmp_path, monkeypatch):
+    """``hf-hub:google/siglip-*`` in huggingface_hub's cache (HF_HUB_OFFLINE=1): the resolver fetches the
+    configs, the SentencePiece model and the weights; the directory loads as transformers' layout."""
+    from clipforge import hub
+    from hub_fixtures import write_hf_cache
+
+    monkeypatch.setenv("CLIPFORGE_CACHE", str(tmp_path / "cache"))
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    ours_tok = train_sentencepiece(CAPTIONS, 300, context_length=16)
+    ours_tok.save(tmp_path / "vocab")
+    hf_tok = transformers.SiglipTokenizer(str(tmp_path / "vocab" / "spiece.model"), model_max_length=16)
+    hf = to_hf(_random_siglip(ours_tok.vocab_size))
+    hf.save_pretrained(tmp_path / "hf")
+    hf_tok.save_pretrained(tmp_path / "hf")
+    write_hf_cache(hub.hub_cache(), "test-org/siglip-tiny", {p.name: p.read_bytes() for p in (tmp_path / "hf").iterdir()})
+    model, _, tokenizer = clipforge.load("hf-hub:test-org/siglip-tiny")
+    assert isinstance(tokenizer, SigLIPTokenizer) and torch.equal(tokenizer(TEXTS), _hf_ids(hf_tok, TEXTS, 16))
+    assert model.config.vision.kind == "siglip" and model.logit_bias is not None
+
+
 def test_a_transformers_siglip2_naflex_directory_loads(tmp_path):
     """SigLIP 2 NaFlex (model_type "siglip2", Siglip2Model) with a Gemma-style tokenizer.json."""
     from tokenizers import Tokenizer, models, normalizers, pre_tokenizers
