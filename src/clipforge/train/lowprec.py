@@ -127,7 +127,6 @@ class LowPrecisionAdamW(torch.optim.Optimizer):
         super().__init__(params, dict(lr=lr, betas=betas, eps=eps, weight_decay=weight_decay))
         self.moment_dtype, self.stochastic, self.seed = moment_dtype, stochastic, seed
         self._generators: dict[torch.device, torch.Generator] = {}
-        self.register_load_state_dict_post_hook(LowPrecisionAdamW._restore_dtypes)
 
     def _generator(self, local: torch.Tensor, index: int, step: int, sharded: bool) -> torch.Generator | None:
         """The seeded generator of one parameter's step; None when nothing is rounded stochastically."""
@@ -211,17 +210,23 @@ class LowPrecisionAdamW(torch.optim.Optimizer):
         if local.dtype != torch.float32:
             local.copy_(round_to(weight, local.dtype, self.stochastic, generator))
 
-    @staticmethod
-    def _restore_dtypes(optimizer: "LowPrecisionAdamW") -> None:
-        """``Optimizer.load_state_dict`` casts every state tensor to its parameter's dtype; cast the
-        statistics back to ``moment_dtype`` (bf16/fp16 → float32 → bf16/fp16 is exact)."""
-        for state in optimizer.state.values():
-            for key in ("exp_avg", "exp_avg_sq", "exp_avg_sq_root"):
-                if key in state and state[key].dtype != optimizer.moment_dtype:
-                    state[key] = state[key].to(optimizer.moment_dtype)
-            for key in ("exp_avg_scale", "exp_avg_sq_root_scale"):
-                if key in state:
-                    state[key] = state[key].float()
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        """As ``Optimizer.load_state_dict``, but the statistics keep the dtype they were saved in (the
+        base class casts them to each parameter's dtype, and fp16 → bf16 would lose bits)."""
+        super().load_state_dict(state_dict)
+        saved_ids = [i for group in state_dict["param_groups"] for i in group["params"]]
+        params = [p for group in self.param_groups for p in group["params"]]
+        fp16 = self.moment_dtype == torch.float16
+        for saved_id, param in zip(saved_ids, params):
+            saved = state_dict["state"].get(saved_id, {})
+            if saved and ("exp_avg_sq_root" in saved) != fp16:
+                stored = "fp16" if "exp_avg_sq_root" in saved else "bf16 or fp32"
+                raise ValueError(f"the checkpoint's Adam statistics are stored in {stored}: resume with that "
+                                 "optim.moment_dtype")
+            for key, value in saved.items():
+                if key != "step" and isinstance(value, torch.Tensor):
+                    dtype = value.dtype if key.endswith("_scale") else self.moment_dtype
+                    self.state[param][key] = value.to(device=param.device, dtype=dtype)
 
 
 def state_bytes(optimizer: torch.optim.Optimizer) -> int:
