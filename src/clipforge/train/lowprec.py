@@ -193,7 +193,8 @@ class LowPrecisionAdamW(torch.optim.Optimizer):
     def _update(self, param: torch.Tensor, group: dict[str, Any], index: int) -> None:
         """One AdamW step for one parameter, computed in float32 (torch.optim.AdamW's order of operations)."""
         state = self._init_state(param)
-        state["step"] += 1
+        # A new tensor, not += 1: a loaded state may share one "step" tensor between parameters.
+        state["step"] = state["step"] + 1
         step = int(state["step"].item())  # a host tensor: no device read
         lr, (beta1, beta2), eps, weight_decay = group["lr"], group["betas"], group["eps"], group["weight_decay"]
         local = _local(param)
@@ -226,7 +227,8 @@ class LowPrecisionAdamW(torch.optim.Optimizer):
             for key, value in saved.items():
                 if key != "step" and isinstance(value, torch.Tensor):
                     dtype = value.dtype if key.endswith("_scale") else self.moment_dtype
-                    self.state[param][key] = value.to(device=param.device, dtype=dtype)
+                    # a copy: the statistics are updated in place, and the caller's dict may be live state
+                    self.state[param][key] = value.to(device=param.device, dtype=dtype, copy=True)
 
 
 def state_bytes(optimizer: torch.optim.Optimizer) -> int:
