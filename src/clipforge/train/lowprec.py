@@ -41,31 +41,45 @@ from torch import nn
 
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 _MASK64 = (1 << 64) - 1
+PIECE = 1 << 20  # elements updated at once: float32 temporaries of 4 MiB
 
 
 def stochastic_round(x: torch.Tensor, dtype: torch.dtype, generator: torch.Generator | None = None) -> torch.Tensor:
     """``x`` (float32) rounded to ``dtype`` (bf16 or fp16) to one of its two neighbours, unbiased.
 
     The upper neighbour is chosen with probability (x - lower) / (upper - lower), so E[result] = x.
-    Values ``dtype`` holds exactly are returned unchanged; NaN and ±inf round to nearest.
+    Values ``dtype`` holds exactly are returned unchanged; ±inf and (canonical) NaN are kept.
     """
+    if dtype not in (torch.bfloat16, torch.float16):
+        raise ValueError(f"stochastic_round: no stochastic rounding to {dtype} (bf16 or fp16)")
+    out = torch.empty_like(x, dtype=dtype)
+    round_into(out, x, True, generator)
+    return out
+
+
+def round_into(out: torch.Tensor, x: torch.Tensor, stochastic: bool, generator: torch.Generator | None) -> None:
+    """Write ``x`` (float32) into ``out`` (its dtype), stochastically rounded or to nearest."""
     if x.dtype != torch.float32:
-        raise ValueError(f"stochastic_round expects a float32 tensor, got {x.dtype}")
-    if dtype == torch.bfloat16:
-        return _round_bf16(x, generator)
-    if dtype == torch.float16:
-        return _round_fp16(x, generator)
-    raise ValueError(f"stochastic_round: no stochastic rounding to {dtype} (bf16 or fp16)")
+        raise ValueError(f"rounding expects a float32 tensor, got {x.dtype}")
+    if not stochastic or out.dtype == torch.float32:
+        out.copy_(x)
+    elif out.dtype == torch.bfloat16:
+        _round_bf16_into(out, x, generator)
+    elif out.dtype == torch.float16:
+        out.copy_(_round_fp16(x, generator))
+    else:
+        raise ValueError(f"no stochastic rounding to {out.dtype} (bf16 or fp16)")
 
 
-def _round_bf16(x: torch.Tensor, generator: torch.Generator | None) -> torch.Tensor:
+def _round_bf16_into(out: torch.Tensor, x: torch.Tensor, generator: torch.Generator | None) -> None:
     # bf16 is the upper half of float32. Adding a uniform 16-bit integer to the bit pattern carries
     # into the upper half (one bf16 step away from zero) with probability (lower half) / 2^16, which
-    # is the distance to the lower neighbour over the step; truncating then drops the lower half.
-    bits = x.contiguous().view(torch.int32)
-    noise = torch.randint(0, 1 << 16, x.shape, dtype=torch.int32, device=x.device, generator=generator)
-    rounded = ((bits + noise) & -65536).view(torch.float32).to(torch.bfloat16)  # exact: the low half is zero
-    return torch.where(torch.isfinite(x), rounded, x.to(torch.bfloat16))
+    # is the distance to the lower neighbour over the step; clearing the lower half then leaves a
+    # float32 that bf16 holds exactly. ±inf and canonical NaNs keep their pattern. One int32
+    # temporary: the optimizer runs this on its largest tensors.
+    bits = torch.randint(0, 1 << 16, x.shape, dtype=torch.int32, device=x.device, generator=generator)
+    bits.add_(x.contiguous().view(torch.int32)).bitwise_and_(-65536)
+    out.copy_(bits.view(torch.float32))
 
 
 def _round_fp16(x: torch.Tensor, generator: torch.Generator | None) -> torch.Tensor:
@@ -80,13 +94,6 @@ def _round_fp16(x: torch.Tensor, generator: torch.Generator | None) -> torch.Ten
     probability = error / (other.float() - near.float())
     uniform = torch.rand(x.shape, device=x.device, generator=generator)
     return torch.where((error != 0) & (uniform < probability), other, near)
-
-
-def round_to(x: torch.Tensor, dtype: torch.dtype, stochastic: bool, generator: torch.Generator | None) -> torch.Tensor:
-    """``x`` (float32) in ``dtype``: stochastically rounded, or to nearest (``stochastic=False``, or float32)."""
-    if dtype == torch.float32:
-        return x
-    return stochastic_round(x, dtype, generator) if stochastic else x.to(dtype)
 
 
 def _fp16_scale(amax: torch.Tensor) -> torch.Tensor:
@@ -105,6 +112,25 @@ def _seed(base: int, index: int, step: int, rank: int) -> int:
         z = ((z ^ (z >> 27)) * 0x94D049BB133111EB) & _MASK64
         z ^= z >> 31
     return z
+
+
+def _adamw(weight: torch.Tensor, grad: torch.Tensor, m: torch.Tensor, v: torch.Tensor, hyper: tuple) -> None:
+    """One AdamW step in place on float32 tensors, in torch.optim.AdamW's order of operations."""
+    lr, beta1, beta2, eps, weight_decay, step = hyper
+    weight.mul_(1 - lr * weight_decay)
+    m.lerp_(grad, 1 - beta1)
+    v.mul_(beta2).addcmul_(grad, grad, value=1 - beta2)
+    denom = v.sqrt().div_((1 - beta2 ** step) ** 0.5).add_(eps)
+    weight.addcdiv_(m, denom, value=-lr / (1 - beta1 ** step))
+
+
+def _pieces(tensors: list[torch.Tensor], size: int = PIECE) -> list[list[torch.Tensor]]:
+    """Equal slices of same-shaped tensors (flat views): the update is elementwise, and its float32
+    temporaries then stay at ``size`` elements however large the tensor (a vocabulary embedding)."""
+    if tensors[0].numel() <= size or not all(t.is_contiguous() for t in tensors):
+        return [tensors]
+    flat = [t.view(-1) for t in tensors]
+    return [[f[i:i + size] for f in flat] for i in range(0, flat[0].numel(), size)]
 
 
 def _local(t: torch.Tensor) -> torch.Tensor:
@@ -167,49 +193,45 @@ class LowPrecisionAdamW(torch.optim.Optimizer):
                 state["exp_avg_sq_root_scale"] = torch.ones((), device=param.device)
         return state
 
-    def _read_moments(self, state: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
-        """float32 copies of (first moment, second moment) of one parameter's local shard."""
-        if self.moment_dtype == torch.float16:
-            m = _local(state["exp_avg"]).float().mul_(state["exp_avg_scale"])
-            root = _local(state["exp_avg_sq_root"]).float().mul_(state["exp_avg_sq_root_scale"])
-            return m, root.square_()
-        m, v = _local(state["exp_avg"]), _local(state["exp_avg_sq"])
-        return (m, v) if self.moment_dtype == torch.float32 else (m.float(), v.float())
-
-    def _write_moments(self, state: dict[str, torch.Tensor], m: torch.Tensor, v: torch.Tensor,
-                       generator: torch.Generator | None) -> None:
-        if self.moment_dtype == torch.float32:
-            return  # updated in place
-        if self.moment_dtype == torch.float16:
-            root = v.sqrt()
-            for key, value in (("exp_avg", m), ("exp_avg_sq_root", root)):
-                scale = _fp16_scale(value.abs().amax())
-                state[f"{key}_scale"].copy_(scale)
-                _local(state[key]).copy_(round_to(value / scale, torch.float16, self.stochastic, generator))
-            return
-        _local(state["exp_avg"]).copy_(round_to(m, self.moment_dtype, self.stochastic, generator))
-        _local(state["exp_avg_sq"]).copy_(round_to(v, self.moment_dtype, self.stochastic, generator))
-
     def _update(self, param: torch.Tensor, group: dict[str, Any], index: int) -> None:
-        """One AdamW step for one parameter, computed in float32 (torch.optim.AdamW's order of operations)."""
+        """One AdamW step for one parameter (its local shard), computed in float32."""
         state = self._init_state(param)
         # A new tensor, not += 1: a loaded state may share one "step" tensor between parameters.
         state["step"] = state["step"] + 1
         step = int(state["step"].item())  # a host tensor: no device read
-        lr, (beta1, beta2), eps, weight_decay = group["lr"], group["betas"], group["eps"], group["weight_decay"]
+        hyper = (group["lr"], *group["betas"], group["eps"], group["weight_decay"], step)
         local = _local(param)
         generator = self._generator(local, index, step, sharded=hasattr(param, "to_local"))
-        grad = _local(param.grad).float()
-        weight = local if local.dtype == torch.float32 else local.float()
-        m, v = self._read_moments(state)
-        weight.mul_(1 - lr * weight_decay)
-        m.lerp_(grad, 1 - beta1)
-        v.mul_(beta2).addcmul_(grad, grad, value=1 - beta2)
-        denom = (v.sqrt() / (1 - beta2 ** step) ** 0.5).add_(eps)
-        weight.addcdiv_(m, denom, value=-lr / (1 - beta1 ** step))
-        self._write_moments(state, m, v, generator)
-        if local.dtype != torch.float32:
-            local.copy_(round_to(weight, local.dtype, self.stochastic, generator))
+        if self.moment_dtype == torch.float16:
+            self._update_fp16(local, _local(param.grad), state, hyper, generator)
+            return
+        tensors = [local, _local(param.grad), _local(state["exp_avg"]), _local(state["exp_avg_sq"])]
+        for weight, grad, m, v in _pieces(tensors):
+            self._update_piece(weight, grad, m, v, hyper, generator)
+
+    def _update_piece(self, stored: torch.Tensor, grad: torch.Tensor, m_stored: torch.Tensor, v_stored: torch.Tensor,
+                      hyper: tuple, generator: torch.Generator | None) -> None:
+        """float32 copies of what is stored in half precision, the update, the stored values rounded back."""
+        weight, m, v = (t if t.dtype == torch.float32 else t.float() for t in (stored, m_stored, v_stored))
+        _adamw(weight, grad.float(), m, v, hyper)
+        for target, value in ((m_stored, m), (v_stored, v), (stored, weight)):
+            if target is not value:
+                round_into(target, value, self.stochastic, generator)
+
+    def _update_fp16(self, stored: torch.Tensor, grad: torch.Tensor, state: dict[str, torch.Tensor],
+                     hyper: tuple, generator: torch.Generator | None) -> None:
+        """fp16 statistics: m / s and sqrt(v) / s' stored, s and s' powers of two set from the tensor's
+        largest value (so the whole tensor at once: its maximum decides the scale)."""
+        m = _local(state["exp_avg"]).float().mul_(state["exp_avg_scale"])
+        v = _local(state["exp_avg_sq_root"]).float().mul_(state["exp_avg_sq_root_scale"]).square_()
+        weight = stored if stored.dtype == torch.float32 else stored.float()
+        _adamw(weight, grad.float(), m, v, hyper)
+        for key, value in (("exp_avg", m), ("exp_avg_sq_root", v.sqrt_())):
+            scale = _fp16_scale(value.abs().amax())
+            state[f"{key}_scale"].copy_(scale)
+            round_into(_local(state[key]), value.div_(scale), self.stochastic, generator)
+        if weight is not stored:
+            round_into(stored, weight, self.stochastic, generator)
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         """As ``Optimizer.load_state_dict``, but the statistics keep the dtype they were saved in (the
