@@ -51,7 +51,8 @@ def test_error_budget_stops_the_run_and_names_the_worst_shard(tmp_path, workers)
     make_shards(tmp_path, [10, 10, 10], with_counts=False)
     bad_shard(tmp_path / "00003.tar")
     loader = make_loader(str(tmp_path / "{00000..00003}.tar"), workers, report=str(tmp_path / "r.json"))
-    with pytest.raises(ErrorBudgetExceeded, match="worst shard: 00003.tar"):
+    with pytest.raises(ErrorBudgetExceeded, match=r"worst shard so far: 00003\.tar \((\d+) errors\); "
+                                                  r"errors per shard so far: 00003\.tar=\1;"):
         list(loader)
     assert json.loads((tmp_path / "r.json").read_text())["skipped"] >= 1
     # Within budget: 8 bad of 44 is 18%.

@@ -30,8 +30,9 @@ and reported by key; a shard that breaks off is a shard error, the samples befor
 kept and the count file's remainder is ``lost`` (:mod:`clipforge.data.report`). When skipped +
 lost exceed ``error_budget`` of the samples the epoch reads (a worker checks this per item against
 its rank's whole epoch, so the check never fires early), iteration raises
-:class:`~clipforge.data.report.ErrorBudgetExceeded` naming the worst shard. The JSON report is
-written at the end of every epoch and on any stop (``report`` path; one file per rank).
+:class:`~clipforge.data.report.ErrorBudgetExceeded` naming the worst shard so far. The JSON report
+(``report`` path; one file per rank) is written at the end of every epoch and on any stop, and
+whenever :meth:`ShardLoader.write_report` is called (the trainer does at every checkpoint).
 
 Transforms: ``transform(image)`` (eval) or ``transform(image, rng)`` (train; ``rng`` a
 ``numpy.random.Generator``), told apart by a parameter named ``rng`` (or ``generator``). The tokenizer is any callable
@@ -65,13 +66,19 @@ Tokenizer = Callable[[list[str]], torch.Tensor]
 class DataConfig:
     """Where the data is and how to batch it.
 
+    Data order: the shards are split over ``world_size x max(1, workers)`` slots, each reading
+    its own seeded stream, so the order in which samples arrive (hence each step's batch) depends
+    on the number of ranks and of data workers. A given configuration always gives the same
+    order, in every run and after every resume; another number of ranks or workers gives another.
+
     shards: spec (brace-expanded, ``::``-joined) or list of URLs; a .csv/.tsv; or a folder.
     source: ``auto`` | ``wds`` | ``csv`` | ``folder``.
     workers: DataLoader worker processes per rank (0: load in the main process).
     epoch_size: samples per epoch over all ranks (default: the shards' counts).
     resampled: draw shards with replacement (needs epoch_size or counts).
     error_budget: fraction of bad samples above which the run stops.
-    report: JSON report path (``.rank{r}`` inserted before the suffix when world_size > 1).
+    report: JSON report path (``.rank{r}`` inserted before the suffix when world_size > 1); the
+        trainer's default is ``<run.out>/data_report.json``.
     """
 
     shards: str | tuple[str, ...] | list[str] = ""
@@ -281,7 +288,7 @@ class ShardLoader:
     def _reset(self, epoch: int) -> None:
         """Position at the start of ``epoch``: batches delivered, raw items consumed per worker."""
         self.epoch, self._batches, self._consumed = epoch, 0, [0] * self.workers
-        self.report = DataReport()
+        self.report = DataReport(epoch=epoch)
         self._restored = False
 
     # -- epochs and sizes -------------------------------------------------------------------
@@ -339,7 +346,7 @@ class ShardLoader:
                 yield batch
             self.report.check_budget(self.config.error_budget, None)
         finally:
-            self._write_report()  # also when stopped by the budget, a worker error or the caller
+            self.write_report()  # also when stopped by the budget, a worker error or the caller
 
     def report_path(self) -> Path | None:
         if not self.config.report:
@@ -347,10 +354,12 @@ class ShardLoader:
         path = Path(self.config.report)
         return path.with_name(f"{path.stem}.rank{self.rank}{path.suffix}") if self.world_size > 1 else path
 
-    def _write_report(self) -> None:
+    def write_report(self) -> Path | None:
+        """Write this rank's report of the epoch so far (atomically); returns the path, if configured."""
         path = self.report_path()
         if path is not None:
             self.report.write(path)
+        return path
 
     # -- state ----------------------------------------------------------------------------
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
 from typing import Any, Callable
 
@@ -66,6 +67,23 @@ def build_tokenizer(section: TokenizerSection, context_length: int, saved: Path 
     return tokenizer
 
 
+def run_tokenizer(section: TokenizerSection, context_length: int, saved: Path,
+                  echo: Callable[[str], Any] = print) -> Tokenizer:
+    """The tokenizer a run's earlier start saved in ``saved``, else a new one, saved there atomically.
+
+    Written once: a resume reads the run's own copy and never rewrites it (a copy that cannot be
+    read, cut by a kill under an older version, is built and written again, with a message).
+    """
+    if is_saved_tokenizer(saved):
+        try:
+            return build_tokenizer(TokenizerSection(source=str(saved)), context_length)
+        except (OSError, ValueError) as err:
+            echo(f"the run's saved tokenizer {saved} cannot be read ({err}): building it again")
+    tokenizer = build_tokenizer(section, context_length, None, echo)
+    tokenizer.save(saved)
+    return tokenizer
+
+
 def build_clip(config: TrainConfig, tokenizer: Tokenizer) -> CLIP:
     """A new model (seeded by run.seed, identical on every rank) or the pretrained checkpoint."""
     section = config.model
@@ -114,7 +132,10 @@ def build_loader(config: TrainConfig, image_size: int, tokenizer: Tokenizer, ran
 
     preprocess = model_config(config.model).preprocess
     transform = train_transform(image_size, scale=config.run.crop_scale, mean=preprocess.mean, std=preprocess.std)
-    return data_loader(config.data, transform, tokenizer, rank=rank, world_size=world_size)
+    data = config.data
+    if data.report is None:  # every run reports its bad data, beside its metrics
+        data = replace(data, report=str(Path(config.run.out) / "data_report.json"))
+    return data_loader(data, transform, tokenizer, rank=rank, world_size=world_size)
 
 
 def accumulation(run: RunConfig, batch_size: int, world_size: int) -> int:

@@ -1,8 +1,8 @@
 """Training configuration: typed sections, recipes as TOML/JSON files, checked command-line overrides.
 
 A recipe has one table per section (``[run]``, ``[model]``, ``[tokenizer]``, ``[data]``, ``[loss]``,
-``[optim]``, ``[schedule]``, ``[precision]``, ``[checkpoint]``, ``[log]``, ``[eval]``). ``[loss]``'s keys
-depend on its ``kind``: each loss declares its own (``clipforge.train.losses``). Every key is checked
+``[optim]``, ``[schedule]``, ``[precision]``, ``[checkpoint]``, ``[log]``, ``[eval]``, ``[distributed]``).
+``[loss]``'s keys depend on its ``kind``: each loss declares its own (``clipforge.train.losses``). Every key is checked
 against the section's dataclass: an unknown key, or a value of the wrong type, is an error naming
 the key. Overrides (``optim.lr=1e-3``) are checked the same way. The resolved configuration is saved
 as ``train_config.json`` in the run directory; that file is itself a valid recipe.
@@ -22,7 +22,9 @@ from typing import Any
 
 from clipforge.config import TextConfig, VisionConfig
 from clipforge.data.loader import DataConfig
+from clipforge.paths import atomic_write
 from clipforge.train import checks
+from clipforge.train.distributed import DistributedConfig
 from clipforge.train.losses import LossConfig
 from clipforge.train.optim import OptimConfig, ScheduleConfig
 from clipforge.train.precision import PrecisionConfig
@@ -105,6 +107,7 @@ class TrainConfig:
     checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
     log: LogConfig = field(default_factory=LogConfig)
     eval: EvalSection = field(default_factory=EvalSection)
+    distributed: DistributedConfig = field(default_factory=DistributedConfig)
 
     def __post_init__(self) -> None:
         found = checks.problems(self)
@@ -119,7 +122,7 @@ class TrainConfig:
         return dataclasses.asdict(self)
 
     def save(self, path: str | Path) -> None:
-        Path(path).write_text(json.dumps(self.to_dict(), indent=2) + "\n")
+        atomic_write(path, json.dumps(self.to_dict(), indent=2) + "\n")
 
     def replace(self, overrides: dict[str, Any]) -> "TrainConfig":
         """A copy with ``{"section.key": value}`` changes (values typed or strings), checked."""
