@@ -9,8 +9,10 @@ from __future__ import annotations
 
 from typing import Any
 
-MOMENT_DTYPES = ("fp32", "bf16", "fp16")
-WEIGHT_DTYPES = ("fp32", "bf16")
+from clipforge.train.lowprec import DTYPES
+from clipforge.train.precision import WEIGHT_DTYPES
+
+MOMENT_DTYPES = tuple(DTYPES)
 ROUNDINGS = (None, "stochastic", "nearest")
 
 

@@ -14,6 +14,8 @@ from dataclasses import dataclass
 
 import torch
 
+from clipforge.train.optim import image_layer_groups, text_layer_groups
+
 DTYPES = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
 
 
@@ -34,8 +36,6 @@ def store_towers(clip: torch.nn.Module, cfg: PrecisionConfig) -> list[torch.nn.P
     """Cast the parameters of the towers ``cfg`` names to bf16, in place (buffers such as BatchNorm
     statistics stay float32); the towers' parameters come from their families' layer groups.
     Returns the parameters cast."""
-    from clipforge.train.optim import image_layer_groups, text_layer_groups
-
     cast = []
     for name, groups in (("vision_weights", image_layer_groups), ("text_weights", text_layer_groups)):
         dtype = WEIGHT_DTYPES.get(getattr(cfg, name))
