@@ -7,7 +7,8 @@ each variant, all in bf16 autocast, so only what is *stored* in half precision d
 * bf16 statistics; fp16 statistics (scaled, square root of the second moment);
 * bf16 text tower, stochastic rounding; the same with round-to-nearest (updates below half a bf16
   step are lost: LayerNorm gains of 1.0 move by lr ≈ 1e-3 a step, under half a step of 2^-7);
-* the paper's combination: bf16 statistics and a stochastically rounded bf16 text tower.
+* the paper's combination: bf16 statistics and a stochastically rounded bf16 text tower;
+* float32 with another seed: how far two float32 runs drift apart anyway, the yardstick for the rest.
 
 Writes ``results/lowprec_curves_<date>_<host>.{json,md,png}`` (the plot: the curves, smoothed, and each
 variant's difference from the reference). Losses do not depend on the machine's load.
@@ -33,6 +34,8 @@ VARIANTS = {
     "bf16 text weights, stochastic": {"precision.text_weights": "bf16"},
     "bf16 text weights, nearest": {"precision.text_weights": "bf16", "optim.rounding": "nearest"},
     "paper: bf16 statistics + bf16 text (SR)": {"optim.moment_dtype": "bf16", "precision.text_weights": "bf16"},
+    # the yardstick: float32 again with another seed (initialisation, data order), how far runs drift anyway
+    "fp32, another seed": {"run.seed": 1, "data.seed": 1},
 }
 
 
@@ -42,7 +45,7 @@ def train(world: Path, out: Path, steps: int, batch: int, threads: int, changes:
     from clipforge.train.loop import Trainer
 
     overrides = {
-        "run.steps": steps, "run.seed": 0, "run.threads": threads, "run.out": str(out),
+        "run.steps": steps, "run.seed": 0, "data.seed": 0, "run.threads": threads, "run.out": str(out),
         "model.name": "tiny-rn" if tiny else "demo-rn", "model.text.context_length": 32,
         "tokenizer.source": "learn", "tokenizer.vocab_size": 2048, "tokenizer.captions": str(world / "train" / "captions.txt"),
         "data.shards": str(world / "train" / f"{{00000..{len(list((world / 'train').glob('*.tar'))) - 1:05d}}}.tar"), "data.batch_size": batch, "data.workers": 1,
@@ -72,8 +75,10 @@ def plot(curves: dict[str, list[float]], path: Path, window: int) -> None:
     reference = smooth(curves["fp32 weights + statistics"], window)
     for name, losses in curves.items():
         s = smooth(losses, window)
-        top.plot(range(1, len(s) + 1), s, label=name, linewidth=2.2 if name.startswith("fp32") else 1.3)
-        bottom.plot(range(1, len(s) + 1), [a - b for a, b in zip(s, reference)], label=name)
+        style = {"linewidth": 2.2 if name.startswith("fp32 weights") else 1.3, "linestyle": ":" if "seed" in name else "-",
+                 "color": "black" if "seed" in name else None}
+        top.plot(range(1, len(s) + 1), s, label=name, **style)
+        bottom.plot(range(1, len(s) + 1), [a - b for a, b in zip(s, reference)], label=name, **style)
     top.set_ylabel(f"training loss (mean of {window} steps)")
     top.set_title("demo-rn on the synthetic world, bf16 autocast: what is stored in half precision")
     top.legend(fontsize=8)

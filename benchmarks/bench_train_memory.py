@@ -6,14 +6,15 @@ Three parts, written to ``results/train_memory_<date>_<host>.{json,md}``:
    (and ViT-L/14) for each option, from the tensors themselves after one optimizer step.
 2. Measured: peak memory of two optimizer steps of ViT-B/32 (full widths and resolution, ``--layers``
    blocks per tower) through exact accumulation (``--micro-batch`` × ``--accum``), each technique on
-   and off; on a CPU the peak RSS of a fresh process per run (CUDA: the allocator's peak), during the
-   second step's forward and backward and over the whole run. Each variant runs at the micro-batch
-   and at twice it: the difference per sample is the activation cost per sample.
+   and off; on a CPU the peak RSS of a fresh process per run (CUDA: the allocator's peak), over the
+   first forward and backward (weights, gradients, activations: no optimizer state yet) and over the
+   whole run. Each variant runs at the micro-batch and at twice it: the difference of the first peaks
+   per sample is the activation cost per sample.
 3. Scaled: per-GPU memory of ViT-B/32 at a global batch of 32,768 on P GPUs with micro-batch b:
    persistent (part 1) + b × activations per sample (part 2, × 12 / layers) + the loss's buffers
    (rows 32,768 / P × columns 32,768 × bytes per logit, measured here) + the feature cache.
 
-    python benchmarks/bench_train_memory.py                 # reduced size: 2 blocks per tower, 4 × 2 samples
+    python benchmarks/bench_train_memory.py                 # reduced size: 2 blocks per tower, 8 (and 16) × 2 samples
     python benchmarks/bench_train_memory.py --tiny          # a smoke run (tiny-vit), seconds
     python benchmarks/bench_train_memory.py --device cuda   # on a GPU: the allocator's peak
 """
@@ -91,7 +92,7 @@ def worker(args) -> dict:
     for step in range(2):  # the second step holds the optimizer's state during its forward and backward
         optimizer.zero_grad(set_to_none=True)
         forward_backward(model, _batches(model, args.micro_batch, args.accum, device), ctx)
-        if step == 1:
+        if step == 0:  # the high-water mark so far: weights, gradients and one step's activations
             peak_backward = common.peak_memory_mib(device) - start
         optimizer.step()
     grads = sum(p.grad.numel() * p.grad.element_size() for p in model.parameters() if p.grad is not None)
@@ -168,7 +169,7 @@ def main() -> None:
     parser.add_argument("--variant", default="fp32")
     parser.add_argument("--model", default="ViT-B/32")
     parser.add_argument("--layers", type=int, default=2, help="blocks per tower (full widths and resolution)")
-    parser.add_argument("--micro-batch", type=int, default=4)
+    parser.add_argument("--micro-batch", type=int, default=8)
     parser.add_argument("--accum", type=int, default=2)
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--device", default="cpu")
