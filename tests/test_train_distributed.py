@@ -88,6 +88,7 @@ def rank_results(tmp_path_factory) -> Path:
     return out
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("scenario", list(SCENARIOS))
 def test_two_ranks_equal_one_process(rank_results: Path, scenario: str):
     loss_kind, _, k = SCENARIOS[scenario]
@@ -119,6 +120,7 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
+@pytest.mark.slow
 def test_torchrun_stop_and_resume_is_exact_and_fsdp_continues_it(tmp_path):
     """The whole trainer under torchrun (2 processes, gloo, SigLIP). DDP: a run stopped at step 2 and
     resumed (every rank's RNG and data position restored) repeats the uninterrupted losses bitwise.

@@ -4,6 +4,8 @@
   open_clip's names for them; a dashed name without ``-quickgelu`` (``ViT-B-32``) is the GELU
   variant, as in open_clip. For the ResNets open_clip's names coincide with OpenAI's, and OpenAI's
   meaning (QuickGELU) wins.
+* ``zoo.openclip``: open_clip's ViT zoo past OpenAI's sizes (ViT-B-32-256, ViT-B-16-plus-240, ViT-H-14,
+  ViT-g-14, ViT-bigG-14 ...), with open_clip's names; pretrained tags for all of them: ``zoo.pretrained``.
 * ``zoo.small``: small configs that train on a CPU (tests, the demo).
 """
 
@@ -59,4 +61,4 @@ OPENAI_MODELS: tuple[str, ...] = (
 )
 
 # The built-in names register themselves, OpenAI's nine first.
-from clipforge.zoo import openai as _openai_zoo, small as _small_zoo  # noqa: E402,F401
+from clipforge.zoo import openai as _openai_zoo, openclip as _openclip_zoo, small as _small_zoo  # noqa: E402,F401

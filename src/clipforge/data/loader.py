@@ -53,6 +53,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
+from clipforge.data.class_captions import caption_from_label, caption_rng, load_class_captions
 from clipforge.data.decode import CAPTION_EXTS, IMAGE_EXTS, BadSample, DecodeConfig, decode_caption, decode_image, pick
 from clipforge.data.report import DataReport, ErrorBudgetExceeded
 from clipforge.data.sharding import EpochPlan, plan_epoch, slot_events
@@ -79,6 +80,8 @@ class DataConfig:
     error_budget: fraction of bad samples above which the run stops.
     report: JSON report path (``.rank{r}`` inserted before the suffix when world_size > 1); the
         trainer's default is ``<run.out>/data_report.json``.
+    classnames / class_templates: captions for ``.cls`` samples without one (default: classnames.txt
+        and its templates file beside the shards; :mod:`clipforge.data.class_captions`).
     """
 
     shards: str | tuple[str, ...] | list[str] = ""
@@ -93,6 +96,8 @@ class DataConfig:
     report: str | None = None
     decode: DecodeConfig = DecodeConfig()
     csv_columns: tuple[str, str] | None = None
+    classnames: str | None = None
+    class_templates: str | None = None
 
 
 @dataclass
@@ -196,6 +201,7 @@ class _SlotDataset(IterableDataset):
         if self.decode.image_size is None and isinstance(size, int):
             self.decode = replace(self.decode, image_size=size)  # enables draft decoding of big JPEGs
         self.with_rng = _takes_rng(transform)
+        self.class_captions = load_class_captions(config.classnames, config.class_templates, [s.url for s in shards])
         self.start: _Start | None = None
         self.last_error = ""
 
@@ -253,7 +259,7 @@ class _SlotDataset(IterableDataset):
         _, image_value = pick(item.files, IMAGE_EXTS)
         if image_value is None:
             raise BadSample("missing_image")
-        caption = decode_caption(load_bytes(pick(item.files, CAPTION_EXTS)[1]))  # cheap checks first
+        caption = self._caption(item, pass_index)  # cheap checks first
         data = load_bytes(image_value)
         if data is None:
             raise BadSample("missing_image", "file not found")
@@ -265,6 +271,14 @@ class _SlotDataset(IterableDataset):
             return self.transform(image), caption
         except Exception as exc:  # a transform failing on one odd image must not stop the run
             raise BadSample("transform_error", f"{type(exc).__name__}: {exc}") from None
+
+    def _caption(self, item: RawSample, pass_index: int) -> str:
+        """The sample's caption, or one made from its ``.cls`` label (:mod:`clipforge.data.class_captions`)."""
+        value = pick(item.files, CAPTION_EXTS)[1]
+        if value is not None or "cls" not in item.files:
+            return decode_caption(load_bytes(value))
+        rng = caption_rng(self.config.seed, self.start.plan.epoch, item.shard, item.key, pass_index)
+        return caption_from_label(self.class_captions, load_bytes(item.files["cls"]), rng)
 
 
 class ShardLoader:
