@@ -77,6 +77,10 @@ class VisionFamily(Family):
         """Interpolate the positional embedding in ``state`` (in place) for ``image_size``; the new config."""
         raise NotImplementedError
 
+    def check_image_size(self, config: Any, image_size: int) -> None:
+        """Raise ValueError, saying why, when this tower cannot take ``image_size`` (a recipe is checked
+        with it before anything is built; ``resize_positions`` checks the same)."""
+
     def probe_module(self, tower: nn.Module) -> nn.Module | None:
         """The module whose output is the representation before the projection (None: use the features)."""
         return None

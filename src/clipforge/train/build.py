@@ -104,6 +104,7 @@ def build_clip(config: TrainConfig, tokenizer: Tokenizer) -> CLIP:
         from clipforge.api import load
 
         clip, _, _ = load(section.pretrained, model=None, image_size=section.vision.get("image_size"))
+        _check_family(clip, section)
         clip = _with_changes(clip, section)
         if clip.config.text.vocab_size != tokenizer.vocab_size:
             raise ValueError(f"model.pretrained {section.pretrained}: vocabulary of {clip.config.text.vocab_size} "
@@ -111,6 +112,18 @@ def build_clip(config: TrainConfig, tokenizer: Tokenizer) -> CLIP:
         return clip
     torch.manual_seed(config.run.seed)
     return CLIP(model_config(section, tokenizer.vocab_size))
+
+
+def _check_family(clip: CLIP, section: ModelSection) -> None:
+    """A resolution change was checked, when the recipe was read, for model.name's image tower: the
+    checkpoint must hold a tower of that family."""
+    if "image_size" not in section.vision:
+        return
+    named = model_config(section).vision.kind
+    if clip.config.vision.kind != named:
+        raise ValueError(f"model.pretrained {section.pretrained} holds a {clip.config.vision.kind!r} image tower, but "
+                         f"model.name {section.name!r} names a {named!r} one: the continuation at model.vision.image_size "
+                         f"= {section.vision['image_size']} was checked for model.name; name the checkpoint's architecture")
 
 
 def _with_changes(clip: CLIP, section: ModelSection) -> CLIP:
@@ -136,6 +149,17 @@ def build_loader(config: TrainConfig, image_size: int, tokenizer: Tokenizer, ran
     if data.report is None:  # every run reports its bad data, beside its metrics
         data = replace(data, report=str(Path(config.run.out) / "data_report.json"))
     return data_loader(data, transform, tokenizer, rank=rank, world_size=world_size)
+
+
+def accumulation(run: RunConfig, batch_size: int, world_size: int) -> int:
+    """Micro-batches per optimizer step: ``run.accum_steps``, or what makes ``run.global_batch``."""
+    if run.global_batch is None:
+        return run.accum_steps
+    per_step = batch_size * world_size
+    if run.global_batch % per_step:
+        raise ValueError(f"run.global_batch = {run.global_batch} is not a multiple of data.batch_size × processes = "
+                         f"{batch_size} × {world_size}: change data.batch_size or the number of processes")
+    return run.global_batch // per_step
 
 
 def total_steps(run: RunConfig, steps_per_epoch: int) -> int:
