@@ -117,7 +117,7 @@ def test_hf_hub_transformers_clip_repository_dispatches_on_its_layout(offline_ca
         "config.json": json.dumps(hf.hf_config_dict(config)).encode(),
         "model.safetensors": safetensors_bytes(hf.state_to_hf(tiny_vit_state))})
     directory = resolve_checkpoint("hf-hub:test-org/hf-clip")
-    assert layouts.of(directory).name == "hf_clip"
+    assert layouts.of(directory).name == "hf"
     model = load_model(directory)
     assert model.config == config
     for key, value in model.state_dict().items():

@@ -59,7 +59,7 @@ def test_a_tag_builds_the_architecture_its_weights_were_trained_as():
 
 
 @pytest.fixture
-def test_tag(tmp_path, monkeypatch, reference_dir):
+def fake_tag(tmp_path, monkeypatch, reference_dir):
     """A tag for tiny-vit whose weights sit in huggingface_hub's cache (offline), Inception statistics."""
     from safetensors.torch import load_file
 
@@ -75,8 +75,8 @@ def test_tag(tmp_path, monkeypatch, reference_dir):
     del pretrained._TAGS[(entry.architecture, entry.tag)]
 
 
-def test_load_by_tag_from_the_cache(test_tag):
-    entry, state = test_tag
+def test_load_by_tag_from_the_cache(fake_tag):
+    entry, state = fake_tag
     model, preprocess, tokenizer = clipforge.load("tiny-vit", pretrained="test-tag")  # open_clip's tag spelling rule
     assert model.config == get_config("tiny-vit").replace(preprocess=entry.preprocess)
     assert preprocess.mean == (0.5, 0.5, 0.5) and tokenizer is not None

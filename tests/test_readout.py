@@ -126,6 +126,7 @@ def test_frozen_weights_take_the_fused_path_with_grad_mode_on():
     torch.testing.assert_close(out, reference, rtol=0, atol=1e-12)
 
 
+@pytest.mark.slow
 def test_compiled_inference_keeps_keys_and_features():
     """``optimize_for_inference(compile=True)`` compiles the per-piece forwards; pieces stay outside."""
     torch.manual_seed(0)

@@ -63,11 +63,18 @@ def test_strict_load_of_a_released_shaped_state_dict(reference, ref_name):
     assert not result.missing_keys and not result.unexpected_keys
 
 
-def _expected_act(name: str) -> type[nn.Module]:
+def _expected_act(name: str) -> str:
     """open_clip's naming: a dashed ViT name is GELU unless it ends in -quickgelu; OpenAI's names and
-    the ResNets (open_clip's names coincide with OpenAI's there) are QuickGELU, as are the small configs."""
+    the ResNets (open_clip's names coincide with OpenAI's there) are QuickGELU, as are the small
+    configs; every released SigLIP uses GELU's tanh approximation."""
+    if get_config(name).vision.kind == "siglip":
+        return "gelu_tanh"
     dashed_vit = name.startswith("ViT-") and "/" not in name
-    return nn.GELU if dashed_vit and not name.endswith("-quickgelu") else QuickGELU
+    return "gelu" if dashed_vit and not name.endswith("-quickgelu") else "quick_gelu"
+
+
+def _act_name(module: nn.Module) -> str:
+    return "quick_gelu" if isinstance(module, QuickGELU) else "gelu" if module.approximate == "none" else "gelu_tanh"
 
 
 @pytest.mark.parametrize("name", clipforge.available_models(aliases=True))
@@ -75,9 +82,9 @@ def test_every_name_resolves_with_its_activation(name):
     config = get_config(name)
     assert describe(name)
     model = _meta_model(name)
-    acts = {type(m) for m in model.modules() if isinstance(m, (QuickGELU, nn.GELU))}
+    acts = {_act_name(m) for m in model.modules() if isinstance(m, (QuickGELU, nn.GELU))}
     assert acts == {_expected_act(name)}, f"{name}: activations {acts}"
-    assert config.text.act == config.vision.act == ("gelu" if _expected_act(name) is nn.GELU else "quick_gelu")
+    assert config.text.act == config.vision.act == _expected_act(name)
 
 
 def test_gelu_names_have_the_quickgelu_shapes():
@@ -92,7 +99,7 @@ def test_unknown_name_lists_the_available_ones():
         get_config("ViT-Q/99")
 
 
-def _forward_backward(model: CLIP, device: str = "cpu") -> None:
+def _check_forward_backward(model: CLIP, device: str = "cpu") -> None:
     """One contrastive step; every parameter gets a gradient of its own shape (finite, on a real device)."""
     config = model.config
     gen = torch.Generator().manual_seed(0)
@@ -102,6 +109,8 @@ def _forward_backward(model: CLIP, device: str = "cpu") -> None:
     image_features, text_features, scale = model(images, tokens.to(device))
     assert image_features.shape == text_features.shape == (2, config.embed_dim)
     logits = scale * image_features @ text_features.t()
+    if getattr(model, "logit_bias", None) is not None:  # SigLIP models carry their bias
+        logits = logits + model.logit_bias
     labels = torch.arange(2, device=device)
     loss = (nn.functional.cross_entropy(logits, labels) + nn.functional.cross_entropy(logits.t(), labels)) / 2
     loss.backward()
@@ -114,7 +123,7 @@ def _forward_backward(model: CLIP, device: str = "cpu") -> None:
 @pytest.mark.parametrize("name", SMALL)
 def test_small_config_forward_backward_on_cpu(name):
     torch.manual_seed(0)
-    _forward_backward(clipforge.create_model(name).train())
+    _check_forward_backward(clipforge.create_model(name).train())
 
 
 @pytest.mark.parametrize("name", clipforge.available_models())
@@ -126,12 +135,12 @@ def test_every_registered_model_trains_at_reduced_size(name, one_thread):
     if config is None:
         with torch.device("meta"):
             model = CLIP(get_config(name)).train()
-        _forward_backward(model, "meta")
+        _check_forward_backward(model, "meta")
         return
     model = clipforge.create_model(config).train()
-    acts = {type(m) for m in model.modules() if isinstance(m, (QuickGELU, nn.GELU))}
+    acts = {_act_name(m) for m in model.modules() if isinstance(m, (QuickGELU, nn.GELU))}
     assert acts == {_expected_act(name)}
-    _forward_backward(model)
+    _check_forward_backward(model)
 
 
 def test_models_command_table_and_json(capsys):

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import os
 import warnings
 from pathlib import Path
@@ -152,14 +151,12 @@ def _is_model_name(name: str) -> bool:
 
 
 def tokenizer_for(path: Path, config: ModelConfig):
-    """The tokenizer saved with the model, else OpenAI's (when the vocabulary sizes agree)."""
-    from clipforge.tokenizer import Tokenizer
-    from clipforge.tokenizer.core import CONFIG_FILE
+    """The tokenizer saved with the model (clipforge's BPE, or SigLIP's SentencePiece in transformers'
+    layout), else OpenAI's (when the vocabulary sizes agree)."""
+    from clipforge.tokenizer import Tokenizer, is_saved_tokenizer, load_tokenizer
 
-    saved = path / CONFIG_FILE if path.is_dir() else None
-    # An HF directory may hold its own tokenizer.json: only ours has type "clip_bpe".
-    if saved is not None and saved.is_file() and json.loads(saved.read_text()).get("type") == "clip_bpe":
-        tokenizer = Tokenizer.from_directory(path)
+    if path.is_dir() and is_saved_tokenizer(path):
+        tokenizer = load_tokenizer(path, context_length=config.text.context_length)
         if tokenizer.vocab_size > config.text.vocab_size:
             raise CheckpointError(
                 f"{path}: the saved tokenizer has {tokenizer.vocab_size} ids but the model's vocabulary only "
@@ -169,7 +166,8 @@ def tokenizer_for(path: Path, config: ModelConfig):
     if config.text.vocab_size != OPENAI_VOCAB_SIZE:
         raise CheckpointError(
             f"{path}: the model has a vocabulary of {config.text.vocab_size} tokens but no tokenizer files "
-            f"are saved with it, and OpenAI's vocabulary has {OPENAI_VOCAB_SIZE}"
+            f"(clipforge's tokenizer.json, SigLIP's spiece.model or SigLIP 2's tokenizer.json) are saved with it, "
+            f"and OpenAI's vocabulary has {OPENAI_VOCAB_SIZE}"
         )
     try:
         return Tokenizer.openai(context_length=config.text.context_length)

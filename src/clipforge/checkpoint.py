@@ -2,9 +2,10 @@
 
 Formats read: OpenAI's released files (TorchScript archives and plain state_dicts), open_clip
 checkpoints (``{"state_dict": ...}``, ``module.`` prefixes, and open_clip's Hub directories),
-safetensors files, HF transformers' ``CLIPModel`` (a ``save_pretrained`` directory or its state_dict),
-and this project's own format: a directory with ``model.safetensors``, ``config.json`` and the
-tokenizer's files. Directories are told apart by ``clipforge.layouts``.
+safetensors files, HF transformers' ``CLIPModel``, ``SiglipModel`` and ``Siglip2Model`` (a
+``save_pretrained`` directory or its state_dict), and this project's own format: a directory with
+``model.safetensors``, ``config.json`` and the tokenizer's files. Directories are told apart by
+``clipforge.layouts``.
 
 Safety: nothing in a checkpoint is ever executed.
 - Pickles are read with ``torch.load(weights_only=True)`` only; there is no fallback to full unpickling.
@@ -33,7 +34,7 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
 from clipforge import families, layouts
-from clipforge.config import ModelConfig
+from clipforge.config import ModelConfig, PreprocessConfig
 
 WEIGHTS_NAME = "model.safetensors"
 CONFIG_NAME = layouts.CONFIG_NAME
@@ -267,7 +268,7 @@ def normalize_state_dict(state: dict[str, Any], source: str = "state_dict") -> d
         try:
             out = hf.state_from_hf(out)
         except (KeyError, ValueError) as err:
-            raise CheckpointError(f"{source}: not an HF CLIPModel state_dict we can map ({err})") from err
+            raise CheckpointError(f"{source}: not an HF CLIP/SigLIP state_dict we can map ({err})") from err
     if not any(k.startswith("visual.") for k in out) or all(k.startswith("visual.") or k == "logit_scale" for k in out):
         raise CheckpointError(f"{source}: not a CLIP state_dict (it needs image tower 'visual.*' keys and text tower keys)")
     return out
@@ -282,9 +283,13 @@ def infer_config(state: dict[str, torch.Tensor], act: str = "quick_gelu", source
 
 
 def _infer_config(state: dict[str, torch.Tensor], act: str) -> ModelConfig:
-    text = families.text_family("causal").infer_config(state, act)
+    text_family = families.infer_text(state)
     vision = families.infer_vision(state, act)
-    return _registered_heads(ModelConfig(embed_dim=state["text_projection"].shape[1], vision=vision, text=text))
+    preprocess = families.of(vision).preprocess or PreprocessConfig()
+    bias = float(state["logit_bias"]) if "logit_bias" in state else None
+    config = ModelConfig(embed_dim=text_family.embed_dim(state), vision=vision, text=text_family.infer_config(state, act),
+                         preprocess=preprocess, init_logit_bias=bias)
+    return _registered_heads(config)
 
 
 def _registered_heads(config: ModelConfig) -> ModelConfig:

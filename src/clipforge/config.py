@@ -25,7 +25,8 @@ OPENAI_STD = (0.26862954, 0.26130258, 0.27577711)
 
 @dataclass(frozen=True)
 class VisionConfig:
-    """Image tower. ``kind`` is its family: "vit" (``layers`` an int) or "resnet" (a 4-tuple of block counts)."""
+    """Image tower. ``kind`` is its family: "vit" (``layers`` an int), "resnet" (a 4-tuple of block counts) or
+    "siglip" (SigLIP's ViT: no class token, attention-pooling head, no projection)."""
 
     image_size: int = 224
     layers: int | tuple[int, int, int, int] = 12
@@ -33,7 +34,7 @@ class VisionConfig:
     patch_size: int | None = 32  # ViT patch size (unused by the ModifiedResNet)
     heads: int | None = None  # None: the family's rule (OpenAI's: width // 64 for ViT, width * 32 // 64 for the attention pool)
     mlp_ratio: float = 4.0
-    act: str = "quick_gelu"  # "quick_gelu" (OpenAI's weights) or "gelu"
+    act: str = "quick_gelu"  # "quick_gelu" (OpenAI's weights), "gelu" or "gelu_tanh" (SigLIP's)
     patch_dropout: float = 0.0  # FLIP: fraction of patch tokens dropped in training (ViT only)
     kind: str = "vit"
 
@@ -47,7 +48,8 @@ class VisionConfig:
 
 @dataclass(frozen=True)
 class TextConfig:
-    """Text tower. ``kind`` "causal": OpenAI's causal Transformer read out at the end-of-text token."""
+    """Text tower. ``kind`` "causal": OpenAI's causal Transformer read out at the end-of-text token;
+    "siglip": SigLIP's bidirectional Transformer read out at the last position, with a linear head."""
 
     context_length: int = 77
     vocab_size: int = 49408
@@ -69,12 +71,16 @@ class PreprocessConfig:
 
     ``resize``: "shortest" (resize the shorter side, then center crop: OpenAI's) or "squash" (resize
     both sides to the square, no crop). ``interpolation``: "bicubic" (OpenAI's) or "bilinear".
+    ``to_rgb``: when a grayscale, palette or transparent image becomes RGB: "last" (after the resize,
+    PIL's conversion: OpenAI's and open_clip's) or "first_white" (before it, transparency composited
+    on white: transformers' image processors, the reference of the SigLIP weights).
     """
 
     mean: tuple[float, float, float] = OPENAI_MEAN
     std: tuple[float, float, float] = OPENAI_STD
     resize: str = "shortest"
     interpolation: str = "bicubic"
+    to_rgb: str = "last"
 
 
 @dataclass(frozen=True)
@@ -84,6 +90,8 @@ class ModelConfig:
     text: TextConfig = field(default_factory=TextConfig)
     init_logit_scale: float = INIT_LOGIT_SCALE
     preprocess: PreprocessConfig = field(default_factory=PreprocessConfig)
+    # A learned logit bias (SigLIP's, Zhai et al. 2023: logits = exp(t)·cos + b); None: the model has none.
+    init_logit_bias: float | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)

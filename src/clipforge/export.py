@@ -150,6 +150,9 @@ def export_metadata(model: CLIP, config: ExportConfig, written: dict[str, Path])
         "context_length": model.config.text.context_length,
         "embed_dim": model.config.embed_dim,
         "logit_scale": float(model.logit_scale.detach().exp()),
+        # SigLIP: probabilities are sigmoid(logit_scale · cos + logit_bias) per pair (None: CLIP's softmax)
+        "logit_bias": None if model.logit_bias is None else float(model.logit_bias.detach()),
+        "to_rgb": model.config.preprocess.to_rgb,
         "opset": config.opset,
         "model_config": model.config.to_dict(),
         "export_config": asdict(config),

@@ -127,13 +127,14 @@ def hub_cache(root: str | os.PathLike | None = None) -> Path:
 
 def download_hub(repo_id: str, root: str | os.PathLike | None = None, filenames: tuple[str, ...] | None = None) -> Path:
     """The local path of a Hub repository's weight file (in its snapshot directory, beside the
-    repository's JSON configs), downloading what is missing: the first of ``filenames`` the repository
-    has, by default of the weight files its layout names. Offline (``HF_HUB_OFFLINE=1``) only the
-    cache is read."""
+    repository's JSON configs and SentencePiece models, which are small and hold the tokenizer),
+    downloading what is missing: the first of ``filenames`` the repository has, by default of the
+    weight files its layout names. Offline (``HF_HUB_OFFLINE=1``) only the cache is read."""
     hf = _huggingface_hub()
     cache, offline = str(hub_cache(root)), _offline()
     try:
-        snapshot = Path(hf.snapshot_download(repo_id, cache_dir=cache, allow_patterns=["*.json"], local_files_only=offline))
+        snapshot = Path(hf.snapshot_download(repo_id, cache_dir=cache, allow_patterns=["*.json", "*.model"],
+                                             local_files_only=offline))
     except (hf.errors.EntryNotFoundError, hf.errors.HfHubHTTPError, OSError, ValueError) as err:
         raise DownloadError(f"{HUB_PREFIX}{repo_id}: could not fetch the repository ({type(err).__name__}: {err})"
                             + (" (offline: HF_HUB_OFFLINE is set and it is not in the cache)" if offline else "")) from err

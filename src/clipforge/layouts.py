@@ -5,12 +5,13 @@ Tried in order (the first that matches wins):
 
 * ``open_clip``: open_clip's Hub layout, ``open_clip_config.json`` + ``open_clip_model.safetensors``
   or ``open_clip_pytorch_model.bin`` (LAION's repositories also hold an HF copy; open_clip's is used);
-* ``hf_clip``: transformers' ``CLIPModel`` (``config.json`` with ``model_type`` "clip"), single-file
-  or sharded safetensors, or ``pytorch_model.bin``;
+* ``hf``: transformers' ``CLIPModel``, ``SiglipModel`` or ``Siglip2Model`` (``config.json`` with its
+  ``model_type``, which ``clipforge.hf.config_from_hf`` maps), single-file or sharded safetensors, or
+  ``pytorch_model.bin``;
 * ``clipforge``: this project's own (``config.json`` + ``model.safetensors``), and any directory of
   bare weights (the architecture is then inferred from the shapes).
 
-A new layout (transformers' SigLIP, say) is one :func:`register` call; the Hub resolver
+A new layout is one :func:`register` call; the Hub resolver
 (``clipforge.hub.download_hub``) asks the matching layout which weight file to fetch.
 """
 
@@ -49,12 +50,12 @@ def _hf_config(directory: Path) -> dict[str, Any] | None:
     return data if isinstance(data, dict) else None
 
 
-def _is_hf_clip(directory: Path) -> bool:
+def _is_hf(directory: Path) -> bool:
     data = _hf_config(directory)
-    return data is not None and (data.get("model_type") == "clip" or "text_config" in data)
+    return data is not None and ("model_type" in data or "text_config" in data)
 
 
-def _read_hf_clip(directory: Path) -> ModelConfig:
+def _read_hf(directory: Path) -> ModelConfig:
     from clipforge.hf import config_from_hf
 
     return config_from_hf(_hf_config(directory))
@@ -77,8 +78,8 @@ _DEFAULT = Layout("clipforge", lambda d: True, ("model.safetensors", "pytorch_mo
                   CONFIG_NAME, _read_clipforge)
 _LAYOUTS: list[Layout] = [
     OPEN_CLIP,
-    Layout("hf_clip", _is_hf_clip, ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin"),
-           CONFIG_NAME, _read_hf_clip),
+    Layout("hf", _is_hf, ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin"),
+           CONFIG_NAME, _read_hf),
     _DEFAULT,
 ]
 

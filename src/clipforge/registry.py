@@ -7,6 +7,7 @@
 * ``zoo.openclip``: open_clip's ViT zoo past OpenAI's sizes (ViT-B-32-256, ViT-B-16-plus-240, ViT-H-14,
   ViT-g-14, ViT-bigG-14 ...), with open_clip's names; pretrained tags for all of them: ``zoo.pretrained``.
 * ``zoo.small``: small configs that train on a CPU (tests, the demo).
+* ``zoo.siglip``: SigLIP and SigLIP 2 (open_clip's names), and small SigLIP configs.
 """
 
 from __future__ import annotations
@@ -60,5 +61,6 @@ OPENAI_MODELS: tuple[str, ...] = (
     "RN50", "RN101", "RN50x4", "RN50x16", "RN50x64", "ViT-B/32", "ViT-B/16", "ViT-L/14", "ViT-L/14@336px",
 )
 
-# The built-in names register themselves, OpenAI's nine first.
-from clipforge.zoo import openai as _openai_zoo, openclip as _openclip_zoo, small as _small_zoo  # noqa: E402,F401
+# The built-in names register themselves, OpenAI's nine first, SigLIP's after the small configs.
+from clipforge.zoo import openai as _openai_zoo, openclip as _openclip_zoo, small as _small_zoo  # noqa: E402,F401,I001
+from clipforge.zoo import siglip as _siglip_zoo  # noqa: E402,F401

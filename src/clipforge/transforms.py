@@ -21,6 +21,7 @@ from clipforge.config import OPENAI_MEAN, OPENAI_STD, ModelConfig, PreprocessCon
 
 _RESAMPLING = {"bicubic": Image.Resampling.BICUBIC, "bilinear": Image.Resampling.BILINEAR}
 RESIZE_MODES = ("shortest", "squash")
+RGB_MODES = ("last", "first_white")
 
 
 def resize_shorter(image: Image.Image, size: int, resample: Image.Resampling = Image.Resampling.BICUBIC) -> Image.Image:
@@ -46,6 +47,14 @@ def center_crop(image: Image.Image, size: int) -> Image.Image:
     return image.crop((left, top, left + size, top + size))
 
 
+def rgb_on_white(image: Image.Image) -> Image.Image:
+    """RGB with any transparency composited on white (transformers' ``convert_to_rgb``)."""
+    if "A" not in image.getbands() and image.info.get("transparency") is None:
+        return image.convert("RGB")
+    rgba = image.convert("RGBA")
+    return Image.alpha_composite(Image.new("RGBA", rgba.size, (255, 255, 255, 255)), rgba).convert("RGB")
+
+
 def to_tensor(image: Image.Image, mean=OPENAI_MEAN, std=OPENAI_STD) -> torch.Tensor:
     """PIL RGB image → normalized float tensor [3, H, W]."""
     array = np.asarray(image.convert("RGB"), dtype=np.float32) / 255.0  # [H, W, 3]
@@ -57,20 +66,25 @@ class EvalTransform:
     """The eval transform (OpenAI's by default): PIL image → FloatTensor [3, size, size].
 
     ``resize`` "shortest": shorter side to ``size``, then center crop; "squash": both sides to ``size``.
+    ``to_rgb``: "last" (PIL's conversion after the resize) or "first_white" (see ``PreprocessConfig``).
     """
 
     def __init__(self, image_size: int, mean=OPENAI_MEAN, std=OPENAI_STD, resize: str = "shortest",
-                 interpolation: str = "bicubic"):
+                 interpolation: str = "bicubic", to_rgb: str = "last"):
         _check_size(image_size)
         if resize not in RESIZE_MODES:
             raise ValueError(f"resize mode {resize!r}: expected one of {RESIZE_MODES}")
         if interpolation not in _RESAMPLING:
             raise ValueError(f"interpolation {interpolation!r}: expected one of {tuple(_RESAMPLING)}")
+        if to_rgb not in RGB_MODES:
+            raise ValueError(f"to_rgb {to_rgb!r}: expected one of {RGB_MODES}")
         self.image_size, self.mean, self.std = image_size, mean, std
-        self.resize, self.interpolation = resize, interpolation
+        self.resize, self.interpolation, self.to_rgb = resize, interpolation, to_rgb
 
     def __call__(self, image: Image.Image) -> torch.Tensor:
         size, resample = self.image_size, _RESAMPLING[self.interpolation]
+        if self.to_rgb == "first_white":
+            image = rgb_on_white(image)
         if self.resize == "squash":
             image = image if image.size == (size, size) else image.resize((size, size), resample)
         else:
@@ -126,4 +140,4 @@ def train_transform(image_size: int, scale: tuple[float, float] = (0.9, 1.0), me
 def preprocess_for(config: ModelConfig, image_size: int | None = None) -> EvalTransform:
     """The eval transform the model's weights expect (its config's ``preprocess``)."""
     p: PreprocessConfig = config.preprocess
-    return EvalTransform(image_size or config.vision.image_size, p.mean, p.std, p.resize, p.interpolation)
+    return EvalTransform(image_size or config.vision.image_size, p.mean, p.std, p.resize, p.interpolation, p.to_rgb)

@@ -57,6 +57,7 @@ class Family:
 class VisionFamily(Family):
     tower = "vision"
     adam: tuple[float, float] = (0.98, 1e-6)  # the paper's (β2, ε) for training this family (Appendix F)
+    preprocess: Any = None  # the PreprocessConfig of a checkpoint whose config is inferred (None: OpenAI's)
 
     def build(self, config: Any, output_dim: int) -> nn.Module:
         raise NotImplementedError
@@ -75,6 +76,10 @@ class VisionFamily(Family):
     def resize_positions(self, state: State, config: Any, image_size: int) -> Any:
         """Interpolate the positional embedding in ``state`` (in place) for ``image_size``; the new config."""
         raise NotImplementedError
+
+    def check_image_size(self, config: Any, image_size: int) -> None:
+        """Raise ValueError, saying why, when this tower cannot take ``image_size`` (a recipe is checked
+        with it before anything is built; ``resize_positions`` checks the same)."""
 
     def probe_module(self, tower: nn.Module) -> nn.Module | None:
         """The module whose output is the representation before the projection (None: use the features)."""
@@ -97,7 +102,15 @@ class TextFamily(Family):
         """The module that holds the tower's parameters (``clip`` itself when they sit at its top level)."""
         return clip
 
+    def matches(self, state: State) -> bool:
+        """Whether an OpenAI-layout state_dict holds this family's text tower."""
+        return False
+
     def infer_config(self, state: State, act: str) -> Any:
+        raise NotImplementedError
+
+    def embed_dim(self, state: State) -> int:
+        """The joint embedding dimension, read from the tower's output map in a state_dict that ``matches``."""
         raise NotImplementedError
 
 
@@ -148,6 +161,14 @@ def infer_vision(state: State, act: str) -> Any:
     raise ValueError("no registered image tower family matches the visual.* keys")
 
 
+def infer_text(state: State) -> TextFamily:
+    """The text family whose tower an OpenAI-layout state_dict holds (the first that matches)."""
+    for family in families("text"):
+        if family.matches(state):  # type: ignore[attr-defined]
+            return family  # type: ignore[return-value]
+    raise ValueError("no registered text tower family matches the state_dict's keys")
+
+
 def shard_units(model: nn.Module) -> list[nn.Module]:
     """FSDP2 units of every CLIP model inside ``model`` (e.g. a training wrapper), both towers."""
     from clipforge.model import CLIP
@@ -161,4 +182,4 @@ def shard_units(model: nn.Module) -> list[nn.Module]:
 
 
 # The built-in families register themselves on import.
-from clipforge.families import resnet, text, vit  # noqa: E402,F401
+from clipforge.families import resnet, siglip, text, vit  # noqa: E402,F401

@@ -56,11 +56,16 @@ class ResNetFamily(VisionFamily):
 
     def resize_positions(self, state: State, config: VisionConfig, image_size: int) -> VisionConfig:
         """The mean token's embedding is kept; the grid is resized bicubically."""
-        if image_size % _STRIDE:
-            raise ValueError(f"image_size {image_size} is not a multiple of {_STRIDE} for a ModifiedResNet")
+        self.check_image_size(config, image_size)
         key = "visual.attnpool.positional_embedding"
         state[key] = interpolate_grid(state[key], image_size // _STRIDE, extra_tokens=1)
         return dataclasses.replace(config, image_size=image_size)
+
+
+    def check_image_size(self, config: VisionConfig, image_size: int) -> None:
+        if image_size % _STRIDE:
+            raise ValueError(f"image_size {image_size} is not a multiple of {_STRIDE} for a ModifiedResNet "
+                             "(its attention pool reads a grid of image_size / 32 positions)")
 
 
 register(ResNetFamily())

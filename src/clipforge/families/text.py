@@ -39,6 +39,12 @@ class CausalTextFamily(TextFamily):
     def rows_per_item(self, config: TextConfig, x: torch.Tensor) -> int:
         return x.shape[1]
 
+    def matches(self, state: State) -> bool:
+        return "text_projection" in state and "token_embedding.weight" in state
+
+    def embed_dim(self, state: State) -> int:
+        return state["text_projection"].shape[1]
+
     def infer_config(self, state: State, act: str) -> TextConfig:
         width = state["ln_final.weight"].shape[0]
         return TextConfig(

@@ -56,11 +56,14 @@ class ViTFamily(VisionFamily):
 
     def resize_positions(self, state: State, config: VisionConfig, image_size: int) -> VisionConfig:
         """The class token's embedding is kept; the patch grid is resized bicubically (as open_clip)."""
-        if image_size % config.patch_size:
-            raise ValueError(f"image_size {image_size} is not a multiple of the patch size {config.patch_size}")
+        self.check_image_size(config, image_size)
         key = "visual.positional_embedding"
         state[key] = interpolate_grid(state[key], image_size // config.patch_size, extra_tokens=1)
         return dataclasses.replace(config, image_size=image_size)
+
+    def check_image_size(self, config: VisionConfig, image_size: int) -> None:
+        if image_size % config.patch_size:
+            raise ValueError(f"image_size {image_size} is not a multiple of the patch size {config.patch_size}")
 
     def probe_module(self, tower: nn.Module) -> nn.Module | None:
         return tower.ln_post

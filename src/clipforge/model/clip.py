@@ -20,6 +20,9 @@ class CLIP(nn.Module):
         families.of(config.text).attach(self, config.text, config.embed_dim)
         # Log-parameterised inverse temperature, initialised to ln(1/0.07) (paper section 2.5).
         self.logit_scale = nn.Parameter(torch.tensor(float(config.init_logit_scale)))
+        # SigLIP's learned bias (Zhai et al. 2023): logits = exp(logit_scale)·cos + logit_bias.
+        bias = config.init_logit_bias
+        self.logit_bias = None if bias is None else nn.Parameter(torch.tensor(float(bias)))
 
     @property
     def image_size(self) -> int:
@@ -52,10 +55,22 @@ class CLIP(nn.Module):
         return image_features, text_features, self.logit_scale.exp()
 
     def logits(self, images: torch.Tensor, tokens: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """(logits_per_image [N, M], logits_per_text [M, N]), as OpenAI's ``CLIP.forward`` returns."""
+        """(logits_per_image [N, M], logits_per_text [M, N]), as OpenAI's ``CLIP.forward`` returns
+        (plus the learned bias for a model that has one, as transformers' ``SiglipModel``)."""
         image_features, text_features, scale = self(images, tokens)
         logits_per_image = scale * image_features @ text_features.t()
+        if self.logit_bias is not None:
+            logits_per_image = logits_per_image + self.logit_bias
         return logits_per_image, logits_per_image.t()
+
+    def probabilities(self, cosine: torch.Tensor) -> torch.Tensor:
+        """Cosine similarities [N, C] → what the model was trained to predict for each pair: a softmax
+        over the C texts of exp(logit_scale)·cos (CLIP), or with a logit bias (SigLIP) an independent
+        sigmoid(exp(logit_scale)·cos + logit_bias) per pair."""
+        logits = self.logit_scale.exp().to(cosine.dtype) * cosine
+        if self.logit_bias is None:
+            return logits.softmax(dim=-1)
+        return torch.sigmoid(logits + self.logit_bias.to(cosine.dtype))
 
     def set_grad_checkpointing(self, enable: bool = True) -> None:
         """Recompute activations in the backward pass instead of storing them (both towers)."""

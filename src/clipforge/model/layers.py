@@ -21,12 +21,17 @@ class QuickGELU(nn.Module):
         return x * torch.sigmoid(1.702 * x)
 
 
+ACTIVATIONS = ("quick_gelu", "gelu", "gelu_tanh")
+
+
 def make_activation(name: str) -> nn.Module:
     if name == "quick_gelu":
         return QuickGELU()
     if name == "gelu":
         return nn.GELU()
-    raise ValueError(f"unknown activation {name!r}; expected 'quick_gelu' or 'gelu'")
+    if name == "gelu_tanh":  # GELU's tanh approximation: big_vision's (flax) default, SigLIP's weights
+        return nn.GELU(approximate="tanh")
+    raise ValueError(f"unknown activation {name!r}; expected one of {ACTIVATIONS}")
 
 
 class Attention(nn.Module):
@@ -76,6 +81,20 @@ class Attention(nn.Module):
         out = F.scaled_dot_product_attention(q, kv[0], kv[1], attn_mask=mask)  # [N, H, 1, W/H]
         return out.transpose(1, 2).reshape(n, 1, width)
 
+    def pool(self, queries: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+        """Learned queries [N, Q, W] attend over ``x`` [N, L, W] (no mask) → [N, Q, W], after ``out_proj``.
+
+        The same function as ``nn.MultiheadAttention(queries, x, x)`` with these parameters.
+        """
+        n, length, width = x.shape
+        count, head_dim = queries.shape[1], width // self.heads
+        w_q, w_kv = self.in_proj_weight.split([width, 2 * width])
+        b_q, b_kv = self.in_proj_bias.split([width, 2 * width])
+        q = F.linear(queries, w_q, b_q).view(n, count, self.heads, head_dim).transpose(1, 2)  # [N, H, Q, W/H]
+        kv = F.linear(x, w_kv, b_kv).view(n, length, 2, self.heads, head_dim).permute(2, 0, 3, 1, 4)  # [2, N, H, L, W/H]
+        out = F.scaled_dot_product_attention(q, kv[0], kv[1])  # [N, H, Q, W/H]
+        return self.out_proj(out.transpose(1, 2).reshape(n, count, width))
+
 
 def take(x: torch.Tensor, index: Index) -> torch.Tensor:
     """[N, L, W] → [N, 1, W]: position ``index`` of every row (an int, or one position per row [N])."""
@@ -93,13 +112,15 @@ class MLP(nn.Sequential):
 
 
 class ResidualAttentionBlock(nn.Module):
-    """Pre-norm block: x + attn(ln_1(x)), then x + mlp(ln_2(x))."""
+    """Pre-norm block: x + attn(ln_1(x)), then x + mlp(ln_2(x)). ``eps``: the LayerNorms' (torch's
+    default 1e-5 is OpenAI's; SigLIP's is 1e-6)."""
 
-    def __init__(self, width: int, heads: int, mlp_ratio: float = 4.0, act: str = "quick_gelu", causal: bool = False):
+    def __init__(self, width: int, heads: int, mlp_ratio: float = 4.0, act: str = "quick_gelu", causal: bool = False,
+                 eps: float = 1e-5):
         super().__init__()
-        self.ln_1 = nn.LayerNorm(width)
+        self.ln_1 = nn.LayerNorm(width, eps=eps)
         self.attn = Attention(width, heads, causal=causal)
-        self.ln_2 = nn.LayerNorm(width)
+        self.ln_2 = nn.LayerNorm(width, eps=eps)
         self.mlp = MLP(width, int(width * mlp_ratio), act)
 
     def forward(self, x: torch.Tensor, index: Index | None = None) -> torch.Tensor:
@@ -115,12 +136,12 @@ class Transformer(nn.Module):
     """A stack of residual attention blocks on batch-first tensors [N, L, W]."""
 
     def __init__(self, width: int, layers: int, heads: int, mlp_ratio: float = 4.0, act: str = "quick_gelu",
-                 causal: bool = False):
+                 causal: bool = False, eps: float = 1e-5):
         super().__init__()
         self.width, self.layers = width, layers
         self.grad_checkpointing = False
         self.resblocks = nn.ModuleList(
-            [ResidualAttentionBlock(width, heads, mlp_ratio, act, causal) for _ in range(layers)]
+            [ResidualAttentionBlock(width, heads, mlp_ratio, act, causal, eps) for _ in range(layers)]
         )
 
     def forward(self, x: torch.Tensor, index: Index | None = None) -> torch.Tensor:

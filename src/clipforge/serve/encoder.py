@@ -102,15 +102,16 @@ class Encoder:
         """Zero-shot: unit image vectors [N, D] and labels → (probabilities [N, C], cosine similarities [N, C]).
 
         Class embeddings average the normalized prompt embeddings (paper section 3.1.4); probabilities
-        are the softmax of exp(logit_scale) · cosine, as OpenAI's ``logits_per_image.softmax(-1)``.
+        are what the model was trained to predict (``CLIP.probabilities``): the softmax of
+        exp(logit_scale) · cosine, as OpenAI's ``logits_per_image.softmax(-1)``, or for a SigLIP model
+        one sigmoid per label, σ(exp(logit_scale) · cosine + logit_bias).
         """
         from clipforge.zeroshot import build_classifier
 
         with torch.inference_mode():
             head = build_classifier(self.model, self.tokenizer, list(labels), list(templates))  # [C, D]
             cosine = torch.from_numpy(np.ascontiguousarray(image_vectors, dtype=np.float32)) @ head.float().t()
-            scale = float(self.model.logit_scale.detach().float().exp())
-            probs = torch.softmax(scale * cosine, dim=-1)  # [N, C]
+            probs = self.model.probabilities(cosine.to(self.device)).float().cpu()  # [N, C]
         return probs.numpy(), cosine.numpy()
 
 

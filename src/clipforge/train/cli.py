@@ -44,6 +44,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         "data_report.json (bad samples), tokenizer/, checkpoints/, final/")
     parser.add_argument("--resume", metavar="latest|DIR", help="continue from the newest complete checkpoint or DIR")
     parser.add_argument("--stop-at", type=int, metavar="STEP", help="stop after STEP (checkpointed), to resume later")
+    parser.add_argument("--runlocal", action="store_true", help="a few steps of the recipe on a CPU, small towers")
     parser.add_argument("--print-config", action="store_true", help="print the resolved config and exit")
     for key in config_keys():
         parser.add_argument(f"--{key}", dest=f"{_PREFIX}{key}", default=argparse.SUPPRESS, help=argparse.SUPPRESS)
@@ -61,7 +62,7 @@ def overrides_from(args: argparse.Namespace) -> dict[str, str]:
 
 def run(args: argparse.Namespace) -> int:
     try:
-        config = load_config(args.config, overrides_from(args))
+        config = load_config(args.config, overrides_from(args), runlocal=args.runlocal)
     except (ConfigError, FileNotFoundError) as err:
         print(f"clipforge train: error: {err}", file=sys.stderr)
         return 2

@@ -23,6 +23,7 @@ from typing import Any
 from clipforge.config import TextConfig, VisionConfig
 from clipforge.data.loader import DataConfig
 from clipforge.paths import atomic_write
+from clipforge.train import checks
 from clipforge.train.distributed import DistributedConfig
 from clipforge.train.losses import LossConfig
 from clipforge.train.optim import OptimConfig, ScheduleConfig
@@ -40,6 +41,7 @@ class RunConfig:
     steps: int | None = None  # optimizer steps; None: epochs × steps per epoch
     epochs: int = 1
     accum_steps: int = 1  # micro-batches per step (exact contrastive accumulation)
+    global_batch: int | None = None  # instead of accum_steps: accumulate global_batch / (batch_size × processes)
     trim_tokens: bool | None = None  # cut token batches after the longest caption; None: where exact
     device: str = "auto"  # "auto", "cpu" or "cuda"
     distributed: str = "auto"  # "auto" (DDP), "ddp" or "fsdp"
@@ -69,6 +71,8 @@ class TokenizerSection:
     source: str = "openai"  # "openai", a directory written by Tokenizer.save, or "learn"
     vocab_size: int = 2048  # for "learn": the size of the BPE vocabulary learned from the captions
     captions: str | None = None  # for "learn": a text file, one caption a line
+    # for "learn": "bpe" (CLIP's byte-level BPE) or "sentencepiece" (SigLIP's: unigram, lowercased, EOS-padded)
+    kind: str = "bpe"
 
 
 @dataclass(frozen=True)
@@ -106,6 +110,11 @@ class TrainConfig:
     log: LogConfig = field(default_factory=LogConfig)
     eval: EvalSection = field(default_factory=EvalSection)
     distributed: DistributedConfig = field(default_factory=DistributedConfig)
+
+    def __post_init__(self) -> None:
+        found = checks.problems(self)
+        if found:
+            raise ConfigError("; ".join(found))
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> "TrainConfig":
@@ -156,12 +165,42 @@ def read_recipe(path: str | Path) -> dict[str, Any]:
         raise ConfigError(f"recipe {path}: not valid {kind}: {err}") from err
 
 
-def load_config(path: str | Path | None = None, overrides: dict[str, Any] | None = None) -> TrainConfig:
-    """The recipe at ``path`` (defaults when None) with ``overrides`` applied, checked."""
+def load_config(path: str | Path | None = None, overrides: dict[str, Any] | None = None,
+                runlocal: bool = False) -> TrainConfig:
+    """The recipe at ``path`` (defaults when None) with ``overrides`` applied, checked.
+
+    ``runlocal``: first lay the packaged ``runlocal.toml`` over it (a few steps on a CPU, small towers)."""
     raw = read_recipe(path) if path is not None else {}
+    if runlocal:
+        raw = runlocal_recipe(raw)
     for key, value in _kinds_first(overrides or {}):
         apply_override(raw, key, value)
     return TrainConfig.from_dict(raw)
+
+
+def runlocal_recipe(raw: dict[str, Any]) -> dict[str, Any]:
+    """``raw`` with ``train/recipes/runlocal.toml`` laid over it: its tables, then those of the image
+    tower's family (``[kind.vit]``, ``[kind.resnet]``); the run directory moves under runs/runlocal/."""
+    from importlib import resources
+
+    from clipforge.factory import resolve_config
+
+    local = read_recipe(Path(str(resources.files("clipforge.train.recipes").joinpath("runlocal.toml"))))
+    by_kind = local.pop("kind")
+    model = raw.get("model", {})
+    kind = resolve_config(model.get("name", ModelSection.name), vision=dict(model.get("vision", {}))).vision.kind
+    out = _merged(_merged(raw, local), by_kind.get(kind, {}))
+    out["run"].pop("accum_steps", None)  # runlocal's global_batch sets the accumulation
+    out["run"]["out"] = str(Path("runs") / "runlocal" / Path(raw.get("run", {}).get("out", RunConfig.out)).name)
+    return out
+
+
+def _merged(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
+    """Tables merged key by key (``over`` wins); other values replaced."""
+    out = dict(base)
+    for key, value in over.items():
+        out[key] = _merged(out[key], value) if isinstance(value, dict) and isinstance(out.get(key), dict) else value
+    return out
 
 
 def _kinds_first(overrides: dict[str, Any]) -> list[tuple[str, Any]]:

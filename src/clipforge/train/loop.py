@@ -20,7 +20,9 @@ from clipforge.train import state as ckpt
 from clipforge import families, fastpath
 from clipforge.train import watch
 from clipforge.train.accumulate import StepContext, forward_backward
-from clipforge.train.build import build_clip, build_loader, build_tokenizer, model_config, run_tokenizer, total_steps
+from clipforge.train.build import (
+    accumulation, build_clip, build_loader, build_tokenizer, model_config, run_tokenizer, total_steps,
+)
 from clipforge.train.config import TokenizerSection, TrainConfig
 from clipforge.train.distributed import (
     all_reduce_mean, barrier, broadcast_object, gather_objects, init_distributed, is_fsdp, set_timeout, unwrap,
@@ -30,7 +32,7 @@ from clipforge.train.logging import MetricsLog, Progress
 from clipforge.train.losses import build_loss
 from clipforge.train.objective import TrainModel
 from clipforge.train.optim import apply_locks, build_optimizer, clip_gradients, learning_rate, set_learning_rate
-from clipforge.train.precision import Precision
+from clipforge.train.precision import Precision, store_towers
 from clipforge.transforms import preprocess_for
 
 _FULL = StateDictOptions(full_state_dict=True, cpu_offload=True)
@@ -56,6 +58,7 @@ class Trainer:
         self.loss = build_loss(config.loss)
         if not config.model.pretrained:
             self.loss.init_model(self.clip)  # the temperature (and bias) the loss starts from
+        store_towers(self.clip, config.precision)  # bf16 towers (no float32 copy), before DDP/FSDP see dtypes
         self._seed_rank()
         self.train_model = TrainModel(self.clip, self.loss, config.precision.channels_last)
         self.frozen = apply_locks(self.clip, config.optim)
@@ -65,22 +68,24 @@ class Trainer:
             self.model.compile()
         elif self.info.distributed:  # (hooks that write Python state would break a compiled graph)
             watch.label_forward(self.model, self.train_model)
-        self.optimizer = build_optimizer(self.model, config.optim, families.of(self.clip.config.vision).adam)
+        self.optimizer = build_optimizer(self.model, config.optim, families.of(self.clip.config.vision).adam,
+                                         seed=config.run.seed)
         self.precision = Precision(config.precision, self.info.device)
         self.step_context = StepContext(self.info.device, self.precision.autocast, self.precision.scale,
                                         self._trims_tokens())
         self.loader = loader or build_loader(config, self.clip.image_size, self.tokenizer,
                                              self.info.rank, self.info.world_size)
-        self.steps_per_epoch = len(self.loader) // config.run.accum_steps
+        self.accum_steps = accumulation(config.run, self.loader_batch_size(), self.info.world_size)
+        self.steps_per_epoch = len(self.loader) // self.accum_steps
         if self.steps_per_epoch < 1:
-            raise ValueError(f"an epoch has {len(self.loader)} batches, fewer than run.accum_steps = "
-                             f"{config.run.accum_steps}: lower accum_steps or data.batch_size")
+            raise ValueError(f"an epoch has {len(self.loader)} batches, fewer than the {self.accum_steps} micro-batches "
+                             "of a step (run.accum_steps or run.global_batch): lower them or data.batch_size")
         self.total_steps = total_steps(config.run, self.steps_per_epoch)
         self.step, self.epoch, self.epoch_step, self.skipped = 0, 0, 0, 0
         self._batches, self._warm = None, False  # warm: a step ran in this process (step timeout from then on)
         self.evaluator = self._build_evaluator()
         self.metrics = MetricsLog(self.run_dir, self.info.is_main, config.log.tensorboard)
-        global_batch = self.loader_batch_size() * config.run.accum_steps * self.info.world_size
+        global_batch = self.loader_batch_size() * self.accum_steps * self.info.world_size
         self.progress = Progress(self.total_steps, global_batch, config.log.every, self.info.is_main)
 
     # ---- setup ------------------------------------------------------------------------------------
@@ -230,7 +235,7 @@ class Trainer:
             self.loader.set_epoch(self.epoch)  # keeps a restored mid-epoch position
             self._batches = iter(self.loader)
         micro = []
-        for _ in range(self.cfg.run.accum_steps):
+        for _ in range(self.accum_steps):
             images, tokens = next(self._batches)
             micro.append((images, tokens))
         self.epoch_step += 1

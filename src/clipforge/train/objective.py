@@ -24,6 +24,7 @@ class TrainModel(nn.Module):
     def __init__(self, clip: CLIP, loss: Loss, channels_last: bool = False):
         super().__init__()
         self.clip, self.loss = clip, loss
+        loss.bind(clip)
         if channels_last:
             fastpath.channels_last(self.clip)  # NHWC weights for BatchNorm towers; a no-op otherwise
 

@@ -29,6 +29,8 @@ class OptimConfig:
     lock_text: bool = False
     lock_text_unlocked_layers: int = 0
     fused: bool = False  # one fused AdamW kernel per step (CPU and CUDA) instead of the foreach kernels
+    moment_dtype: str = "fp32"  # Adam's statistics stored in "fp32", "bf16" or "fp16" (paper 2.5); update in fp32
+    rounding: str | None = None  # "stochastic" or "nearest" for what is stored in bf16/fp16; None: stochastic
 
 
 @dataclass(frozen=True)
@@ -52,15 +54,26 @@ def param_groups(model: nn.Module, weight_decay: float) -> list[dict]:
     return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
 
 
-def build_optimizer(model: nn.Module, cfg: OptimConfig, adam: tuple[float, float]) -> torch.optim.AdamW:
+def build_optimizer(model: nn.Module, cfg: OptimConfig, adam: tuple[float, float], seed: int = 0) -> torch.optim.Optimizer:
     """AdamW over ``model``'s trainable parameters; ``adam`` is the (β2, ε) the image tower's family
-    declares (the paper's, Appendix F), used where the config leaves them unset."""
+    declares (the paper's, Appendix F), used where the config leaves them unset.
+
+    PyTorch's AdamW, unless statistics or parameters are stored in half precision: then
+    :class:`~clipforge.train.lowprec.LowPrecisionAdamW` (``seed`` seeds its stochastic rounding)."""
     beta2, eps = adam
     beta2 = cfg.beta2 if cfg.beta2 is not None else beta2
     eps = cfg.eps if cfg.eps is not None else eps
     groups = [g for g in param_groups(model, cfg.weight_decay) if g["params"]]
     if not groups:
         raise ValueError("no trainable parameters: both towers and every parameter are locked")
+    low_precision = cfg.moment_dtype != "fp32" or any(p.dtype != torch.float32 for g in groups for p in g["params"])
+    if low_precision:
+        from clipforge.train.lowprec import DTYPES, LowPrecisionAdamW
+
+        if cfg.moment_dtype not in DTYPES:
+            raise ValueError(f"optim.moment_dtype {cfg.moment_dtype!r}: expected one of {sorted(DTYPES)}")
+        return LowPrecisionAdamW(groups, lr=cfg.lr, betas=(cfg.beta1, beta2), eps=eps, moment_dtype=DTYPES[cfg.moment_dtype],
+                                 stochastic=cfg.rounding != "nearest", seed=seed)
     # Both implementations keep the arithmetic order fixed from run to run (bitwise-exact resume);
     # fused also takes GradScaler's overflow flag on the device instead of reading it to the host.
     kind = {"fused": True} if cfg.fused else {"foreach": True}

@@ -1,7 +1,7 @@
 """Losses as components. Each loss is one module here that declares, for itself:
 
 * its ``[loss]`` config keys (a frozen dataclass with ``kind``), checked when a recipe is read;
-* its extra parameters (SigLIP's bias), trained and checkpointed with the model's;
+* its extra parameters (SigLIP's bias, where the model has none), trained and checkpointed with the model's;
 * the scalars it needs from the model (``inputs``), its diagnostics and its distributed strategy
   (which features it gathers, and how);
 * what happens to the model at the start (initial temperature) and after each optimizer step (clamp).
@@ -48,6 +48,10 @@ class Loss(nn.Module):
                 **inputs: torch.Tensor) -> tuple[torch.Tensor, Diagnostics]:
         """This rank's loss for its normalized features [B, D], and 0-dim diagnostics."""
         raise NotImplementedError
+
+    def bind(self, clip: nn.Module) -> None:
+        """Called once with the model it will train, before the optimizer sees the parameters (e.g. to
+        drop a parameter of its own that the model already has)."""
 
     def init_model(self, clip: nn.Module) -> None:
         """Set what the loss initialises in a model trained from scratch (its temperature)."""

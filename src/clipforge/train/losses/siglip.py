@@ -1,8 +1,10 @@
 """SigLIP's pairwise sigmoid loss (Zhai et al. 2023): every image-text pair is a binary task.
 
-The loss owns its learned bias (a model whose checkpoints carry one, as SigLIP's do, keeps its own).
-Distributed strategy: each rank takes its image rows against all N gathered texts, which covers the
-N×N matrix once.
+The learned bias is the model's own where it has one (SigLIP models: ``logit_bias``), else the loss's.
+Distributed strategy (``exchange``): "ring" (default, :mod:`.ring`): the texts travel around the ranks
+and each rank computes one [B, B] block at a time, so no rank holds more than B×B logits; "gather":
+each rank takes its image rows against all N gathered texts, [B, N] at once. Both cover the N×N matrix
+once and give the single-process loss and gradients.
 """
 
 from __future__ import annotations
@@ -17,6 +19,9 @@ from torch import nn
 from clipforge.train.distributed import gather_features
 from clipforge.train.losses import Diagnostics, Loss, LossConfig, register_loss, upcast
 from clipforge.train.losses.clip import _rows, clamp_temperature, init_temperature
+from clipforge.train.losses.ring import ring_siglip_loss
+
+EXCHANGES = ("ring", "gather")
 
 
 @dataclass(frozen=True)
@@ -26,6 +31,7 @@ class SigLIPLossConfig(LossConfig):
     init_logit_scale: float | None = math.log(10.0)
     init_logit_bias: float = -10.0
     max_logit_scale: float | None = 100.0  # as open_clip clamps every model's temperature; None: no clamp
+    exchange: str = "ring"  # the distributed strategy: "ring" (one [B, B] block at a time) or "gather"
 
 
 def siglip_loss(
@@ -66,7 +72,14 @@ class SigLIPLoss(Loss):
 
     def __init__(self, config: SigLIPLossConfig):
         super().__init__(config)
+        if config.exchange not in EXCHANGES:
+            raise ValueError(f"loss.exchange {config.exchange!r}: expected one of {EXCHANGES}")
         self.logit_bias = nn.Parameter(torch.tensor(float(config.init_logit_bias)))
+
+    def bind(self, clip: nn.Module) -> None:
+        """A model with its own bias trains that one: the loss's would be a parameter DDP never sees used."""
+        if getattr(clip, "logit_bias", None) is not None:
+            self.logit_bias = None
 
     def inputs(self, clip: nn.Module) -> dict[str, torch.Tensor]:
         bias = getattr(clip, "logit_bias", None)
@@ -75,6 +88,8 @@ class SigLIPLoss(Loss):
     def forward(self, image_features: torch.Tensor, text_features: torch.Tensor, logit_scale: torch.Tensor,
                 logit_bias: torch.Tensor) -> tuple[torch.Tensor, Diagnostics]:
         image_features, text_features = upcast(image_features), upcast(text_features)
+        if self.config.exchange == "ring":
+            return ring_siglip_loss(image_features, text_features, upcast(logit_scale), upcast(logit_bias))
         all_images, offset = gather_features(image_features)
         all_texts, _ = gather_features(text_features)
         return siglip_loss(image_features, text_features, upcast(logit_scale), upcast(logit_bias),
