@@ -78,7 +78,7 @@ def to_shards(rows: list[dict], pool_dir: Path, out: Path) -> Path:
     with open(out / "pairs.csv", "w", newline="", encoding="utf-8") as f:
         writer = csv.writer(f)
         writer.writerow(["filepath", "caption"])
-        writer.writerows([[str(pool_dir / r["path"]), r["caption"]] for r in rows])
+        writer.writerows([[str((pool_dir / r["path"]).resolve()), r["caption"]] for r in rows])  # the CSV reader resolves against its own folder
     convert(str(out / "pairs.csv"), out / "shards", ConvertConfig("csv", 1000))
     return out / "shards"
 
