@@ -13,46 +13,14 @@ import argparse
 import sys
 import time
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import torch
-from torch.utils import flop_counter
-from torch.utils.flop_counter import FlopCounterMode
+
+# Counting lives with the scaling study (clipforge.eval.analyses.compute); the benchmarks import it from here.
+from clipforge.eval.analyses.compute import count_flops, model_flops_per_sample  # noqa: F401
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-
-
-# The blocks' inference path adds each residual in place (``x.addmm_(a, W.t())``); count it as addmm.
-if torch.ops.aten.addmm_ not in flop_counter.flop_registry:
-    flop_counter.register_flop_formula(torch.ops.aten.addmm_, get_raw=True)(flop_counter.flop_registry[torch.ops.aten.addmm])
-
-
-def count_flops(fn: Callable[[], Any]) -> int:
-    """Total FLOPs of the matrix ops (matmul, conv, attention) that ``fn`` runs, forward and backward."""
-    counter = FlopCounterMode(display=False)
-    with counter:
-        fn()
-    return int(counter.get_total_flops())
-
-
-def model_flops_per_sample(model: torch.nn.Module, images: torch.Tensor, tokens: torch.Tensor) -> dict[str, float]:
-    """FLOPs per sample of a CLIP-like model: image and text forward, and a training step's fwd+bwd.
-
-    ``model`` has ``encode_image`` / ``encode_text``; ``images`` [N, 3, S, S], ``tokens`` [N, L]
-    (the text cost scales with L: pass the token tensor the workload actually feeds).
-    """
-    n = images.shape[0]
-    with torch.no_grad():
-        image = count_flops(lambda: model.encode_image(images))
-        text = count_flops(lambda: model.encode_text(tokens))
-
-    def fwd_bwd() -> None:
-        loss = model.encode_image(images).float().square().mean() + model.encode_text(tokens).float().square().mean()
-        loss.backward()
-
-    train = count_flops(fwd_bwd)
-    model.zero_grad(set_to_none=True)
-    return {"image_fwd": image / n, "text_fwd": text / n, "fwd": (image + text) / n, "train_step": train / n}
 
 
 def matmul_peak_tflops(device: str, dtype: torch.dtype | None = None, size: int | None = None,

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import csv
 import hashlib
 import json
 import tarfile
@@ -60,6 +61,22 @@ def test_layout_and_manifest(world):
     captions = json.loads((out / "eval" / "retrieval" / "captions.json").read_text())
     assert len(captions) == 10 and all(len(set(c)) == 5 for c in captions.values())
     assert all((out / "eval" / "retrieval" / name).is_file() for name in captions)
+
+
+def test_group_attributes_and_hierarchy_beside_the_tasks(world):
+    out, manifest = world
+    for task, (base, shift) in EVAL_TASKS.items():
+        with open(out / "eval" / task / "groups.csv", newline="") as f:
+            rows = list(csv.DictReader(f))
+        images = sorted(p.relative_to(out / "eval" / task).as_posix() for p in (out / "eval" / task).rglob("*.png"))
+        assert sorted(r["image"] for r in rows) == images  # every image once
+        sizes, tones = {r["size"] for r in rows}, {r["tone"] for r in rows}
+        assert sizes <= ({"small", "large", "mixed"} if base == "count" else {"small", "large"})
+        assert tones <= ({"patterned"} if shift == "background" else {"light", "dark"})
+        assert {r["background"] for r in rows} <= ({"stripes", "checker"} if shift == "background" else {"plain", "gradient"})
+        assert (out / "eval" / task / "hierarchy.json").is_file() == (base == "heldout")
+    hierarchy = json.loads((out / "eval" / "heldout" / "hierarchy.json").read_text())
+    assert hierarchy == {f"{c} {s}": s for c, s in manifest["heldout_pairs"]}
 
 
 def test_heldout_pairs_need_both_attributes_and_never_appear_in_training(world):

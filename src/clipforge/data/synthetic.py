@@ -18,6 +18,8 @@ Layout written by :func:`generate_world` (a stable contract)::
     out/val/...                 same as train, disjoint samples
     out/eval/<task>/<NN_slug>/<id>.png   ImageFolder-style; sorted folder order = class order
     out/eval/<task>/classnames.json      class names for prompts, e.g. "red circle"
+    out/eval/<task>/groups.csv           each image's nuisance attributes (size, background, tone)
+    out/eval/heldout*/hierarchy.json     each colour × shape pair's shape (its coarse class)
     out/eval/retrieval/<id>.png + captions.json  {"00000.png": [5 captions], ...}
     out/manifest.json           tasks (path, classnames, folders, templates, shift), held-out
                                 pairs, counts, seed, config, timings
@@ -45,7 +47,8 @@ from clipforge.data.captions import COUNT_WORDS, describe
 from clipforge.data.convert import write_shard, write_sizes
 from clipforge.data.render import COLOURS, SHAPES, render
 from clipforge.data.world import WorldConfig, allowed_pairs, heldout_pairs, train_scene
-from clipforge.data.world_eval import EVAL_TASKS, eval_jobs, render_eval_chunk, render_retrieval_chunk, task_entries
+from clipforge.data.world_eval import (EVAL_TASKS, eval_jobs, render_eval_chunk, render_retrieval_chunk, task_entries,
+                                       write_groups)
 
 __all__ = ["WorldConfig", "generate_world", "heldout_pairs"]
 
@@ -145,6 +148,7 @@ def _finish(out: Path, config: WorldConfig, heldout: list, results: dict) -> dic
     (out / "eval" / "retrieval").mkdir(parents=True, exist_ok=True)
     (out / "eval" / "retrieval" / "captions.json").write_text(json.dumps(captions, indent=1))
     tasks = task_entries(config, heldout, out / "eval")
+    write_groups(out / "eval", results["eval"])
     tasks["retrieval"] = {"path": "eval/retrieval", "captions": "eval/retrieval/captions.json",
                           "num_images": len(captions), "captions_per_image": 5}
     return {

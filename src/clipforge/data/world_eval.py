@@ -3,10 +3,16 @@
 See :mod:`clipforge.data.synthetic` for the layout. Each task is an ImageFolder-style directory
 ``eval/<task>/<NN_slug>/<id>.png`` (two-digit class index first, so sorted folders = class order)
 with ``classnames.json``. Shifted tasks reuse the class names of their base task.
+
+Beside each task's images, ``groups.csv`` gives every image's nuisance attributes (object size,
+background kind and tone: the groups of the bias probe, :mod:`clipforge.eval.analyses.bias`), and
+the colour × shape tasks have ``hierarchy.json`` (each pair's shape: the coarse class, so a pair
+with the right shape and the wrong colour is a "close" answer, :mod:`clipforge.eval.analyses.coarse_fine`).
 """
 
 from __future__ import annotations
 
+import csv
 import json
 from pathlib import Path
 
@@ -86,16 +92,33 @@ def eval_jobs(config, heldout: list, eval_dir: Path) -> list[tuple]:
     return jobs
 
 
-def render_eval_chunk(payload: tuple) -> int:
-    """Worker: write ``count`` PNGs of one class of one task."""
+def render_eval_chunk(payload: tuple) -> tuple[str, list[list[str]]]:
+    """Worker: write ``count`` PNGs of one class of one task; returns (task, groups.csv rows)."""
     config, heldout, t, task, cls, folder, start, count, eval_dir = payload
     heldout = [tuple(p) for p in heldout]
     allowed = allowed_pairs(heldout)
+    rows = []
     for i in range(start, start + count):
         rng = np.random.default_rng([config.seed, 100 + t, cls, i])
         scene = eval_scene(rng, task, cls, config, heldout, allowed)
         render(scene, config.image_size, rng).save(Path(eval_dir, task, folder, f"{i:05d}.png"), compress_level=1)
-    return count
+        sizes = {o.size for o in scene.objects}
+        rows.append([f"{folder}/{i:05d}.png", sizes.pop() if len(sizes) == 1 else "mixed",
+                     scene.background["kind"], scene.background["tone"]])
+    return task, rows
+
+
+GROUP_COLUMNS = ("image", "size", "background", "tone")
+
+
+def write_groups(eval_dir: Path, chunks: list[tuple[str, list[list[str]]]]) -> None:
+    """``<task>/groups.csv`` from the chunks' rows (one header, rows in job order)."""
+    by_task: dict[str, list[list[str]]] = {}
+    for task, rows in chunks:
+        by_task.setdefault(task, []).extend(rows)
+    for task, rows in by_task.items():
+        with open(eval_dir / task / "groups.csv", "w", newline="", encoding="utf-8") as f:
+            csv.writer(f).writerows([GROUP_COLUMNS, *rows])
 
 
 def render_retrieval_chunk(payload: tuple) -> dict[str, list[str]]:
@@ -125,6 +148,8 @@ def task_entries(config, heldout: list, eval_dir: Path) -> dict:
     for task, (base, shift) in EVAL_TASKS.items():
         names = class_names(base, heldout)
         (eval_dir / task / "classnames.json").write_text(json.dumps(names, indent=1))
+        if base == "heldout":  # colour × shape pairs: the shape is the coarse class
+            (eval_dir / task / "hierarchy.json").write_text(json.dumps({f"{c} {s}": s for c, s in heldout}, indent=1))
         tasks[task] = {
             "path": f"eval/{task}", "classnames": names, "folders": folder_names(names),
             "num_images": len(names) * config.eval_per_class, "base": base, "shift": shift,

@@ -8,6 +8,8 @@
   :mod:`~clipforge.eval.named` (datasets by name, the paper's prompts); protocols in
   :mod:`~clipforge.eval.protocols`; results in CLIP_benchmark's schema in :mod:`~clipforge.eval.cb_results`;
   the models × datasets grid in :mod:`~clipforge.eval.benchmark`.
+- :mod:`~clipforge.eval.analyses`: the paper's further analyses as opt-in protocols (bias probe,
+  coarse/fine close answers, scaling study, zero-shot vs linear probe, adaptation under shift).
 
 scikit-learn (linear probes), scipy (the overlap binomial test) and matplotlib (plots) are imported
 only where used: the ``eval`` extra.

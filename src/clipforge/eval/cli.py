@@ -6,7 +6,9 @@ CLIP_benchmark's webdataset layout, or a folder of those); ``--dataset`` takes z
 collections (``cifar10,imagenet1k,mscoco_captions``, ``paper``; `clipforge datasets` lists them),
 found under ``--dataset-root`` or in the cache, downloaded from their source when missing.
 Writes report.json, report.md, PNG plots and CLIP_benchmark-schema JSONs into RUN_DIR and prints
-a summary table.
+a summary table. The paper's further analyses run when named (``--suite bias,coarse_fine,scaling,
+zs_vs_probe,adaptation`` or ``all``; :mod:`clipforge.eval.analyses`): ``--series`` gives the scaling
+study its other models, ``--bias-labels`` the bias probe's label set.
 """
 
 from __future__ import annotations
@@ -15,14 +17,15 @@ import argparse
 import sys
 from pathlib import Path
 
+from clipforge.eval.analyses import AnalysisConfig, BiasConfig, CoarseFineConfig, ScalingConfig
 from clipforge.eval.few_shot import FewShotConfig
 from clipforge.eval.linear_probe import ProbeConfig
 from clipforge.eval.overlap import OverlapConfig
-from clipforge.eval.protocols import PROTOCOLS
+from clipforge.eval.protocols import PROTOCOLS, REGISTRY
 from clipforge.eval.suite import EvalConfig
 
 # Protocols that need a set's train split (fetched only when one of them is asked for).
-NEEDS_TRAIN = ("linear_probe", "few_shot", "robustness")
+NEEDS_TRAIN = ("linear_probe", "few_shot", "robustness", "zs_vs_probe", "adaptation")
 
 
 def _ints(text: str) -> tuple[int, ...]:
@@ -58,8 +61,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="with --data SHARDS: the class names file (default: classnames.txt beside the shards)")
     add_data_arguments(parser)
     parser.add_argument("--out", default="runs/eval", help="run directory for report.json/report.md/plots")
-    parser.add_argument("--suite", default=None, help=f"comma list of {','.join(PROTOCOLS)} (default: all with "
-                                                      "data; with --dataset: zeroshot and retrieval)")
+    parser.add_argument("--suite", default=None, help=f"comma list of {','.join(REGISTRY)}, or all (default: "
+                                                      f"{','.join(PROTOCOLS)} where there is data; with --dataset: "
+                                                      "zeroshot and retrieval)")
     parser.add_argument("--tasks", default=None, help="comma list of classification tasks (default: all found)")
     parser.add_argument("--templates", default=None,
                         help="template set (openai_imagenet, general, synthetic) or file for every task; default: "
@@ -79,10 +83,35 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--train-source", default=None, help="training data for the overlap check (default DATA/train)")
     parser.add_argument("--overlap-images", type=int, default=OverlapConfig().max_train_images,
                         help="training images sampled for the overlap check")
+    add_analysis_arguments(parser)
     parser.add_argument("--cache-dir", default=None, help="zero-shot head cache (default: the user cache)")
     parser.add_argument("--no-cache", action="store_true", help="do not cache zero-shot heads")
     parser.add_argument("--no-plots", action="store_true")
     parser.add_argument("--quiet", action="store_true", help="no progress bars")
+
+
+def add_analysis_arguments(parser: argparse.ArgumentParser) -> None:
+    """Options of the paper's further analyses (clipforge.eval.analyses)."""
+    parser.add_argument("--series", default=None, metavar="MODEL[=SAMPLES],...",
+                        help="scaling: the other models of the series (checkpoints or names; samples seen after '=', "
+                             "else read from each checkpoint's training run)")
+    parser.add_argument("--samples-seen", type=float, default=None,
+                        help="scaling: training samples MODEL saw (default: read from its training run)")
+    parser.add_argument("--bias-labels", default=None, metavar="FILE",
+                        help="bias: the label set ({\"harmful\": {category: [labels]}, \"added\": [labels]}) for every "
+                             "task (default: bias_labels.json beside each set)")
+    parser.add_argument("--class-counts", type=_ints, default=None,
+                        help="coarse_fine: label-set sizes of the class-count curve (default 2,4,8,... and all)")
+
+
+def analysis_config(args: argparse.Namespace) -> AnalysisConfig:
+    series = tuple(s.strip() for s in (args.series or "").split(",") if s.strip())
+    model = None
+    if series:
+        model = str(args.model) if args.samples_seen is None else f"{args.model}={int(args.samples_seen)}"
+    return AnalysisConfig(bias=BiasConfig(labels=args.bias_labels),
+                          coarse_fine=CoarseFineConfig(class_counts=args.class_counts),
+                          scaling=ScalingConfig(series=series, model=model))
 
 
 def config_from_args(args: argparse.Namespace) -> EvalConfig:
@@ -104,6 +133,7 @@ def config_from_args(args: argparse.Namespace) -> EvalConfig:
         probe=ProbeConfig(features=args.probe_features),
         few_shot=FewShotConfig(shots=tuple(sorted(set(args.shots))), seeds=args.seeds),
         overlap=OverlapConfig(train_source=args.train_source, max_train_images=args.overlap_images),
+        analyses=analysis_config(args),
     )
 
 

@@ -48,6 +48,12 @@ def make_plots(report: dict, out_dir: Path) -> list[str]:
     for task, result in zero_shot.items():
         if "confusion_matrix" in result:
             files.append(confusion_plot(plt, task, result, out_dir / f"confusion_{task}.png"))
+    from clipforge.eval.protocols import REGISTRY
+
+    for name in report.get("suite", []):  # plots that protocols bring with them (the paper's analyses)
+        protocol = REGISTRY.get(name)
+        if protocol is not None and protocol.plot is not None and report.get(name):
+            files += protocol.plot(plt, report[name], out_dir)
     return [Path(f).name for f in files]
 
 

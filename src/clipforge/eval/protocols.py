@@ -1,9 +1,12 @@
 """The evaluation protocols, one registry: name → (runner over a Suite, when its data is there).
 
 A protocol is a :class:`Protocol`: ``run(suite) -> dict`` (JSON-ready results, usually keyed by
-task) and ``available(layout, config) -> None | str`` (None when it can run, else why not).
-:data:`REGISTRY` holds them in report order; :func:`register` adds one (a new evaluation suite
-is one function and one ``register`` call).
+task) and ``available(layout, config) -> None | str`` (None when it can run, else why not), and
+optionally its own report section (``section(result, report) -> markdown lines``) and plots
+(``plot(plt, result, out_dir) -> PNG paths``). :data:`REGISTRY` holds them in report order;
+:func:`register` adds one (a new evaluation suite is one function and one ``register`` call).
+Protocols with ``default=False`` (the paper's further analyses, :mod:`clipforge.eval.analyses`)
+run only when asked for by name or with ``all``.
 """
 
 from __future__ import annotations
@@ -24,6 +27,9 @@ class Protocol:
     name: str
     run: Callable  # (Suite) -> dict
     available: Callable[[DataLayout, object], str | None]
+    section: Callable[[dict, dict], list[str]] | None = None  # (its result, the report) -> report.md lines
+    plot: Callable | None = None  # (pyplot, its result, out_dir) -> PNG paths
+    default: bool = True  # runs when no suite is named
 
 
 REGISTRY: dict[str, Protocol] = {}
@@ -184,13 +190,18 @@ for _protocol in (
 
 PROTOCOLS = tuple(REGISTRY)  # the built-in protocols, in report order
 
+from clipforge.eval import analyses as _analyses  # noqa: E402,F401  (registers the paper's further analyses)
+
 
 def choose_protocols(suite: str | Sequence[str] | None, layout: DataLayout, config) -> tuple[list[str], dict]:
     """(protocols to run, {skipped protocol: reason}). Unknown names and asked-for protocols
-    without data raise ValueError; by default every protocol with data runs."""
-    available = {name: p.available(layout, config) for name, p in REGISTRY.items()}
+    without data raise ValueError; by default every default protocol with data runs (``all``:
+    every protocol with data)."""
     if suite is None or suite == "all":
-        return [p for p in REGISTRY if available[p] is None], {p: r for p, r in available.items() if r}
+        chosen = [name for name, p in REGISTRY.items() if suite == "all" or p.default]
+        available = {name: REGISTRY[name].available(layout, config) for name in chosen}
+        return [p for p in chosen if available[p] is None], {p: r for p, r in available.items() if r}
+    available = {name: p.available(layout, config) for name, p in REGISTRY.items()}
     names = [s.strip() for s in (suite.split(",") if isinstance(suite, str) else suite) if s.strip()]
     unknown = [n for n in names if n not in REGISTRY]
     if unknown:

@@ -112,13 +112,25 @@ def markdown(report: dict) -> str:
                          "zero-shot worth (shots)", "chance"], classification_rows(report))
         lines += ["", f"Zero-shot: {report['protocols']['zeroshot']}.", ""]
     lines += _probe_section(report) + _few_shot_section(report) + _retrieval_section(report)
-    lines += _robustness_section(report) + _overlap_section(report)
+    lines += _robustness_section(report) + _overlap_section(report) + _protocol_sections(report)
     lines += _data_section(report)
     if report.get("skipped"):
         lines += ["## Not run", ""] + [f"- {p}: {why}" for p, why in report["skipped"].items()] + [""]
     for plot in report.get("plots", []):
         lines += [f"![{Path(plot).stem}]({plot})", ""]
     return "\n".join(lines)
+
+
+def _protocol_sections(report: dict) -> list[str]:
+    """The sections that protocols bring with them (the paper's analyses), in suite order."""
+    from clipforge.eval.protocols import REGISTRY
+
+    lines = []
+    for name in report.get("suite", []):
+        protocol = REGISTRY.get(name)
+        if protocol is not None and protocol.section is not None and report.get(name):
+            lines += protocol.section(report[name], report)
+    return lines
 
 
 def _data_section(report: dict) -> list[str]:

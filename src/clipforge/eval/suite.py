@@ -25,6 +25,7 @@ import numpy as np
 import torch
 
 from clipforge.eval import report as reporting
+from clipforge.eval.analyses import AnalysisConfig
 from clipforge.eval.datasets import ClassificationSet, ImageFeatures, encode_images
 from clipforge.eval.few_shot import FewShotConfig, few_shot_curve
 from clipforge.eval.layout import DataLayout, discover
@@ -54,6 +55,7 @@ class EvalConfig:
     probe: ProbeConfig = field(default_factory=ProbeConfig)
     few_shot: FewShotConfig = field(default_factory=FewShotConfig)
     overlap: OverlapConfig = field(default_factory=OverlapConfig)
+    analyses: AnalysisConfig = field(default_factory=AnalysisConfig)  # bias, coarse_fine, scaling, adaptation
 
 
 @dataclass
@@ -188,7 +190,7 @@ class Suite:
             y_eval = task.eval_set.labels
             if task.train_set is not None:
                 x_pool, y_pool = self.probe_features(self.train_features(name)), task.train_set.labels
-                test = np.arange(len(y_eval))
+                pool, test = np.arange(len(y_pool)), np.arange(len(y_eval))
             else:
                 pool, test = stratified_split(y_eval, p.test_fraction, p.seed)
                 x_pool, y_pool = x_eval[pool], y_eval[pool]
@@ -201,6 +203,8 @@ class Suite:
             task.split = {
                 "train": (x_pool[train], y_pool[train]), "val": (x_pool[val], y_pool[val]),
                 "test": (x_eval[test], y_eval[test]), "test_index": test,
+                # rows of the pool set (the train split, else the evaluation set) the probe trains on
+                "rows": {"pool": "train" if task.train_set is not None else "eval", "train": pool[train], "val": pool[val]},
                 "source": "train and test splits" if task.train_set is not None else
                 f"stratified {1 - p.test_fraction:.0%}/{p.test_fraction:.0%} split of the set (seed {p.seed})",
             }
