@@ -216,3 +216,27 @@ def test_epochs_restart_but_a_restored_finished_epoch_stays_finished(tmp_path):
     assert keys_of(restored) == []  # resuming at the end of epoch 0 does not replay it
     restored.set_epoch(1)
     assert len(keys_of(restored)) == len(first)
+
+
+_ABANDON = """
+import sys
+sys.path.insert(0, {tests!r})
+from test_data_common import crop_transform, toy_tokenizer
+from clipforge.data.loader import DataConfig, build_loader
+loader = build_loader(DataConfig(shards={shards!r}, batch_size=4, report={report!r}), crop_transform, toy_tokenizer)
+batches = iter(loader)
+next(batches)  # abandoned mid-epoch: the interpreter closes the generator as it exits
+"""
+
+
+@pytest.mark.slow
+def test_a_loop_abandoned_at_exit_leaves_no_error_behind(tmp_path):
+    import subprocess
+    import sys
+
+    make_shards(tmp_path, [8, 8])
+    script = _ABANDON.format(tests=str(Path(__file__).parent), shards=str(tmp_path / "{00000..00001}.tar"),
+                             report=str(tmp_path / "report.json"))
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert "Exception ignored" not in done.stderr and "Traceback" not in done.stderr, done.stderr

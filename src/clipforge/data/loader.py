@@ -43,6 +43,7 @@ from __future__ import annotations
 
 import inspect
 import multiprocessing as mp
+import sys
 import warnings
 import zlib
 from dataclasses import dataclass, field, replace
@@ -360,7 +361,11 @@ class ShardLoader:
                 yield batch
             self.report.check_budget(self.config.error_budget, None)
         finally:
-            self.write_report()  # also when stopped by the budget, a worker error or the caller
+            # Also when stopped by the budget, a worker error or the caller; not from a generator the
+            # interpreter collects as it exits (its modules are half torn down; the trainer has written
+            # the report at its last checkpoint and when it stopped).
+            if not sys.is_finalizing():
+                self.write_report()
 
     def report_path(self) -> Path | None:
         if not self.config.report:
