@@ -27,7 +27,7 @@ from clipforge.eval.overlap import OverlapConfig
 from clipforge.eval.retrieval import evaluate_retrieval
 from clipforge.eval.robustness import robustness_report
 from clipforge.eval.zero_shot import score_zero_shot
-from clipforge.zeroshot import build_classifier, load_templates
+from clipforge.zeroshot import build_classifier, load_templates, zero_shot_logits
 
 PROTOCOLS = ("zeroshot", "linear_probe", "few_shot", "retrieval", "robustness", "overlap")
 
@@ -42,6 +42,7 @@ class EvalConfig:
     # that have shifted versions (robustness needs their probes anyway), else every base task.
     few_shot_tasks: tuple[str, ...] | None = None
     cache_dir: str | None = None  # zero-shot head cache; None: no cache
+    examples_per_class: int = 2  # images per class kept with their top-3 classes (the HTML report's grid)
     progress: bool = True
     plots: bool = True
     probe: ProbeConfig = field(default_factory=ProbeConfig)
@@ -197,7 +198,29 @@ def _zeroshot(suite: Suite) -> dict:
         if metrics["num_classes"] <= 50:  # for the report's confusion-matrix plots
             out[name]["confusion_matrix"] = confusion_matrix(
                 predictions, task.eval_set.labels, metrics["num_classes"]).tolist()
+        if suite.config.examples_per_class > 0:
+            out[name]["examples"] = _examples(suite, name, suite.config.examples_per_class)
     return out
+
+
+def _examples(suite: Suite, name: str, per_class: int) -> list[dict]:
+    """The first ``per_class`` images of each class with their top-3 classes and probabilities.
+
+    Probabilities are a softmax over the task's classes at the model's own learned temperature
+    (CLIP's ``logit_scale``; 100 for a model without one), as a user of the model would compute them.
+    """
+    task = suite.task(name)
+    labels = task.eval_set.labels
+    rows = np.concatenate([np.flatnonzero(labels == c)[:per_class] for c in np.unique(labels)])
+    scale = getattr(suite.model, "logit_scale", None)
+    scale = float(scale.detach().exp()) if isinstance(scale, torch.Tensor) else 100.0
+    probs = zero_shot_logits(suite.features(name).embeddings[rows], suite.head(name), scale).softmax(dim=-1)
+    top = probs.topk(min(3, probs.shape[1]), dim=-1)
+    paths = [Path(task.eval_set.paths[i]) for i in rows]
+    root = Path(suite.layout.root)
+    return [{"image": str(path.relative_to(root) if path.is_relative_to(root) else path), "label": int(labels[i]),
+             "top": [[int(c), round(float(p), 4)] for c, p in zip(classes, values)]}
+            for path, i, classes, values in zip(paths, rows, top.indices.tolist(), top.values.tolist())]
 
 
 def _probe_tasks(suite: Suite) -> list[str]:
