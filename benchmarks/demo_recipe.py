@@ -97,7 +97,7 @@ def run(args: argparse.Namespace) -> dict:
     import torch
 
     work = Path(args.work)
-    world_dir, manifest, world_cost = world(work, args.world)
+    world_dir, manifest, world_cost = world(work, [f"seed={args.seed}", *args.world])
     run_dir = work / "runs" / f"{args.tag}_s{args.seed}"
     config, summary, meter = train(run_dir, world_dir, manifest, args.config, args.set, args.seed)
     accuracy, eval_meter = score(run_dir / "final", world_dir, TASKS)
@@ -140,7 +140,7 @@ def table(path: str) -> str:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--tag", help="a name for the variant")
-    parser.add_argument("--seed", type=int, default=0, help="run.seed and data.seed")
+    parser.add_argument("--seed", type=int, default=0, help="world.seed, run.seed and data.seed (as clipforge demo --seed)")
     parser.add_argument("--config", help="a recipe instead of the packaged demo.toml")
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="a recipe override")
     parser.add_argument("--world", action="append", default=[], metavar="KEY=VALUE", help="a world override")
