@@ -1,10 +1,10 @@
-# Two entry points: `make demo` (the main job) and `make test`. Both create .venv if missing.
+# Two entry points: `make demo` (the main job) and `make test` (`make test-fast`: the quick tier). All create .venv if missing.
 PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.clipforge-installed
 
-.PHONY: demo test install clean
+.PHONY: demo test test-fast install clean
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -21,6 +21,10 @@ demo: $(STAMP)
 
 test: $(STAMP)
 	$(PY) -m pytest $(PYTEST_ARGS)
+
+# The fast tier: unit and golden tests in one process (no subprocesses, servers or browsers), < 3 min.
+test-fast: $(STAMP)
+	CLIPFORGE_TEST_TIER=fast $(PY) -m pytest -m "not slow" $(PYTEST_ARGS)
 
 clean:
 	rm -rf runs build dist src/*.egg-info

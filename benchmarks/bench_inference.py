@@ -138,7 +138,7 @@ def _trimmed(row: dict[str, Any]) -> bool:
 def _run(args: argparse.Namespace, model_name: str, tower: str, batch: int, variants: list[str],
          amp: torch.dtype | None) -> list[dict[str, Any]]:
     isolate = not args.device.startswith("cuda")
-    if workloads.get_config(model_name).vision.is_resnet:
+    if workloads.get_config(model_name).vision.kind != "vit":
         variants = [v for v in variants if not v.startswith("hf:")]
     worker_args = ["--models", model_name, "--towers", tower, "--batch", str(batch), "--device", args.device,
                    "--amp", args.amp or "fp32", "--warmup", str(args.warmup), "--iters", str(args.iters)]

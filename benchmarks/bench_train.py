@@ -137,7 +137,7 @@ def main(argv: list[str] | None = None) -> int:
 def _run_model(args: argparse.Namespace, model_name: str, batch: int, variants: list[str],
                amp: torch.dtype | None) -> list[dict[str, Any]]:
     isolate = not args.device.startswith("cuda")
-    if workloads.get_config(model_name).vision.is_resnet:  # transformers has no ModifiedResNet
+    if workloads.get_config(model_name).vision.kind != "vit":  # transformers has no ModifiedResNet
         variants = [v for v in variants if not v.startswith("hf:")]
     worker_args = ["--models", model_name, "--batch", str(batch), "--device", args.device, "--amp", args.amp or "fp32",
                    "--warmup", str(args.warmup), "--iters", str(args.iters)]

@@ -15,9 +15,11 @@ Fast-path options for ``ours`` (``opts``, a set of strings):
   ``fold``   inference only: BatchNorm folded into the convolutions
   ``freeze`` inference with ``compile``: inductor freezing (weights as constants, pre-packed on CPU)
   ``whole``  inference on a CPU: the batch in one piece (default: pieces of ~1024 token rows,
-             ``inference_chunk_rows``), to measure what running in pieces gains
+             ``InferenceOptions.pieces``), to measure what running in pieces gains
   ``serial`` inference on a CPU: the pieces one after another on all threads (default: one piece
-             per thread at a time, ``inference_streams``), to measure what the streams gain
+             per thread at a time, ``InferenceOptions.streams``), to measure what the streams gain
+  ``plainblocks`` inference: the model's own blocks (default: ``InferenceOptions.fused_blocks``,
+             residuals added inside the GEMMs), to measure what fusing gains
 Peers take ``compile`` too (torch.compile(model), as open_clip's --torchcompile does).
 
 Data: random images and token rows of realistic caption lengths (SOT + 6..23 ids + EOT = 8..25
@@ -110,7 +112,7 @@ def _open_clip_model(name: str, config: ModelConfig) -> nn.Module:
         return open_clip.create_model(OPEN_CLIP_NAMES[name])
     v, t = config.vision, config.text
     vision = CLIPVisionCfg(layers=v.layers, width=v.width, patch_size=v.patch_size or 16, image_size=v.image_size,
-                           head_width=64 if v.is_resnet else v.width // v.num_heads, mlp_ratio=v.mlp_ratio)
+                           head_width=64 if v.kind == "resnet" else v.width // v.num_heads, mlp_ratio=v.mlp_ratio)
     text = CLIPTextCfg(context_length=t.context_length, vocab_size=t.vocab_size, width=t.width,
                        heads=t.num_heads, layers=t.layers, mlp_ratio=t.mlp_ratio)
     return open_clip.CLIP(config.embed_dim, vision, text, quick_gelu=True)
@@ -120,8 +122,8 @@ def _hf_model(config: ModelConfig) -> nn.Module:
     from transformers import CLIPConfig, CLIPModel
 
     v, t = config.vision, config.text
-    if v.is_resnet:
-        raise ValueError("transformers' CLIPModel has no ModifiedResNet image tower")
+    if v.kind != "vit":
+        raise ValueError(f"transformers' CLIPModel has no {v.kind!r} image tower")
     text = {"vocab_size": t.vocab_size, "hidden_size": t.width, "intermediate_size": int(t.width * t.mlp_ratio),
             "num_hidden_layers": t.layers, "num_attention_heads": t.num_heads, "hidden_act": "quick_gelu",
             "max_position_embeddings": t.context_length, "eos_token_id": t.vocab_size - 1,
@@ -207,12 +209,8 @@ def make_encoder(impl: str, model: nn.Module, tower: str, amp: torch.dtype | Non
     if impl == "ours":
         model = optimize_for_inference(model, InferenceOptions(
             fold_batchnorm="fold" in opts, channels_last="cl" in opts, compile="compile" in opts,
-            freeze="freeze" in opts), inplace=True)
-        for tower_module in (model, model.visual):
-            if "whole" in opts and hasattr(tower_module, "inference_chunk_rows"):
-                tower_module.inference_chunk_rows = None
-            if "serial" in opts and hasattr(tower_module, "inference_streams"):
-                tower_module.inference_streams = 1
+            freeze="freeze" in opts, pieces="whole" not in opts, streams=1 if "serial" in opts else None,
+            fused_blocks="plainblocks" not in opts), inplace=True)
     if impl == "hf":
         fn = model.get_image_features if tower == "image" else model.get_text_features
     else:
@@ -239,7 +237,7 @@ def describe(impl: str, opts: frozenset[str]) -> str:
 
 
 def parse_opts(text: str) -> frozenset[str]:
-    known = {"trim", "cl", "fused", "compile", "fold", "freeze", "whole", "serial"}
+    known = {"trim", "cl", "fused", "compile", "fold", "freeze", "whole", "serial", "plainblocks"}
     opts = frozenset(o for o in text.split(",") if o)
     if opts - known:
         raise ValueError(f"unknown option(s) {sorted(opts - known)}; known: {sorted(known)}")

@@ -8,6 +8,7 @@ import hashlib
 import http.server
 import os
 import pickle
+import re
 import socket
 import threading
 import warnings
@@ -65,7 +66,6 @@ def torchscript_archive(tiny_vit, tmp_path_factory):
     ``vocab_size`` entries in its state_dict (which OpenAI's ``build_model`` drops)."""
     model = clipforge.create_model(tiny_vit.config)
     model.load_state_dict(tiny_vit.state_dict())
-    del model.context_length, model.vocab_size  # plain attributes here; tensors in OpenAI's archives
     for name, value in (("input_resolution", 32), ("context_length", 77), ("vocab_size", 49408)):
         model.register_buffer(name, torch.tensor(value))
     images, tokens = _inputs(tiny_vit)
@@ -205,6 +205,58 @@ def test_truncated_or_corrupt_files_name_the_file(tmp_path, tiny_vit, torchscrip
         path.write_bytes(b"")
     with pytest.raises(CheckpointError, match=str(path)):
         clipforge.load(path)
+
+
+def _as_torch15_archive(archive: Path, out: Path) -> Path:
+    """``archive`` as torch <= 1.5 wrote it: its classes list ``__parameters__`` but have no ``__buffers__`` line."""
+    with zipfile.ZipFile(archive) as src, zipfile.ZipFile(out, "w") as dst:
+        for name in src.namelist():
+            data = src.read(name)
+            if name.endswith(".py"):
+                data = re.sub(rb"^[ \t]+__buffers__ = \[[^\]]*\]\n", b"", data, flags=re.M)
+            dst.writestr(name, data)
+    return out
+
+
+def test_torch15_torchscript_archive_keeps_its_buffers(tmp_path):
+    """BatchNorm statistics are buffers, not parameters: an archive without ``__buffers__`` declarations
+    must still give them (and the model must compute what the original does in eval mode)."""
+    torch.manual_seed(0)
+    model = clipforge.create_model("tiny-rn").train()
+    with torch.no_grad():
+        model.visual(torch.randn(4, 3, 64, 64))  # running statistics away from their initial 0 / 1
+    model.eval()
+    images, tokens = _inputs(model)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        traced = torch.jit.trace_module(model, {"encode_image": (images,), "encode_text": (tokens,)}, check_trace=False)
+    traced.save(str(tmp_path / "new.pt"))
+    old = _as_torch15_archive(tmp_path / "new.pt", tmp_path / "old.pt")
+    with zipfile.ZipFile(old) as archive:
+        code = b"".join(archive.read(n) for n in archive.namelist() if n.endswith(".py"))
+    assert b"__parameters__" in code and b"__buffers__" not in code
+    state = read_torchscript(old)
+    assert state.keys() == model.state_dict().keys() and "visual.bn1.running_var" in state
+    for key, value in model.state_dict().items():
+        assert torch.equal(state[key], value), key
+    _assert_same_outputs(load_model(old), model)
+
+
+def test_a_load_that_does_not_fit_names_the_missing_and_unexpected_keys(tmp_path):
+    torch.manual_seed(0)
+    model = clipforge.create_model("tiny-rn")
+    state = {k: v for k, v in model.state_dict().items() if "running_" not in k}
+    state["visual.extra.weight"] = torch.zeros(2)
+    state["ln_final.weight"] = torch.ones(3)
+    path = tmp_path / "no_bn_stats.safetensors"
+    save_file(state, str(path))
+    with pytest.raises(CheckpointError) as err:
+        load_model(path, model="tiny-rn")
+    message = str(err.value)
+    assert message.startswith(f"{path}: weights do not fit the architecture (ModifiedResNet 1-1-1-1 w16")
+    assert "38 missing keys: visual.bn1.running_mean, visual.bn1.running_var, visual.bn2.running_mean" in message
+    assert "... (32 more)" in message and "1 unexpected keys: visual.extra.weight" in message
+    assert "1 shapes differ: ln_final.weight [3] (the model's: [64])" in message
 
 
 def test_torchscript_archive_with_a_missing_tensor_record(tmp_path, torchscript_archive):

@@ -54,6 +54,7 @@ def _rank_main(spec: str, rank: int, world: int, out_dir: str) -> None:
     Path(out_dir, f"rank{rank}.json").write_text(json.dumps(results))
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("world", [1, 2, 3, 4])
 def test_ranks_x_workers_see_every_sample_once_plus_reported_padding(tmp_path, world):
     ids = make_shards(tmp_path / "shards", SIZES)

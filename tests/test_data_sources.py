@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import pytest
+
 import csv
 import json
 from pathlib import Path
@@ -27,6 +29,7 @@ def test_counts_from_sizes_file_stats_file_or_scan(tmp_path):
     assert [r.count for r in list_shards(str(tmp_path / "b" / "{00000..00001}.tar"))] == [4, 7]
 
 
+@pytest.mark.slow
 def test_tar_grouping_pipe_and_fsspec_urls(tmp_path):
     make_shards(tmp_path, [4])
     path = tmp_path / "00000.tar"

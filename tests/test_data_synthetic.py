@@ -23,7 +23,7 @@ SMALL = WorldConfig(seed=5, num_train=400, num_val=50, shard_size=100, eval_per_
 @pytest.fixture(scope="module")
 def world(tmp_path_factory) -> tuple[Path, dict]:
     out = tmp_path_factory.mktemp("world")
-    return out, generate_world(out, SMALL, workers=2)
+    return out, generate_world(out, SMALL, workers=1)  # in process (the worker pool: test_deterministic_by_seed...)
 
 
 def samples(folder: Path) -> list[dict]:
@@ -95,6 +95,7 @@ def test_captions_name_every_object_and_vary(world):
     assert len(frames) >= 8  # many sentence shapes, not one template
 
 
+@pytest.mark.slow
 def test_deterministic_by_seed_whatever_the_worker_count(tmp_path):
     config = WorldConfig(seed=1, num_train=30, num_val=0, shard_size=16, eval_per_class=1, num_retrieval=2)
 
@@ -109,6 +110,7 @@ def test_deterministic_by_seed_whatever_the_worker_count(tmp_path):
     assert (tmp_path / "a" / "train" / "00000.tar").read_bytes() != (tmp_path / "c" / "train" / "00000.tar").read_bytes()
 
 
+@pytest.mark.slow
 def test_world_trains_through_the_loader_and_webdataset(world):
     out, manifest = world
     from clipforge.transforms import train_transform

@@ -87,6 +87,7 @@ def test_resume_after_stop_equals_uninterrupted_run(world, tmp_path):
     _assert_same(read_embeddings(tmp_path), read_embeddings(world["reference"]))
 
 
+@pytest.mark.slow
 def test_resume_after_process_killed_mid_part(world, tmp_path):
     """A real crash: the process SIGKILLs itself while encoding part 2; a rerun finishes the job."""
     script = f"""
@@ -141,6 +142,7 @@ def test_resume_refuses_other_settings_or_changed_source(world, tmp_path):
         (images / "a" / "aaa_new.png").unlink()
 
 
+@pytest.mark.slow
 def test_parquet_float32_from_csv(world, tmp_path):
     rows = sorted((world["images"] / "a").glob("*.png"))[:5]
     csv_path = tmp_path / "list.csv"

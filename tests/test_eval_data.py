@@ -183,7 +183,7 @@ def test_discover_world_and_single_sets(tmp_path):
     layout = discover(root)
     assert sorted(layout.classification) == ["colour_shape", "colour_shape_dark", "shape"]
     assert layout.shift_groups() == {"colour_shape": ["colour_shape_dark"]}
-    assert layout.retrieval == {"retrieval": root / "eval" / "retrieval"}
+    assert {name: spec.path for name, spec in layout.retrieval.items()} == {"retrieval": root / "eval" / "retrieval"}
     assert layout.train_source == root / "train"
     single = discover(root / "eval" / "shape")
     assert list(single.classification) == ["shape"] and not single.retrieval

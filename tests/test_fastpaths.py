@@ -122,6 +122,7 @@ def test_fold_batchnorm_gives_the_same_image_features():
         fold_batchnorm(create_model("demo-rn").train())
 
 
+@pytest.mark.slow
 def test_channels_last_training_matches():
     torch.manual_seed(0)
     plain = create_model("demo-rn").train()

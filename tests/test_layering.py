@@ -70,6 +70,7 @@ def test_the_checker_sees_violations(tmp_path):
     assert {"clipforge.train", "clipforge.data", "clipforge.serve", "clipforge.eval.metrics"} <= caught
 
 
+@pytest.mark.slow
 def test_importing_the_library_pulls_no_optional_dependency():
     code = (
         "import sys, clipforge, clipforge.hf, clipforge.hub, clipforge.checkpoint, clipforge.api\n"

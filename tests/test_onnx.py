@@ -44,6 +44,7 @@ def _assert_matches_reference(out_dir, io) -> None:
     np.testing.assert_allclose(text, io["text_features"].numpy(), atol=ATOL, rtol=0)
 
 
+@pytest.mark.slow
 def test_export_resnet_matches_onnxruntime_and_reference(reference_dir, tmp_path):
     model = _reference_model(reference_dir, "tiny_resnet")
     written = export_onnx(model, tmp_path)
@@ -60,6 +61,7 @@ def test_export_resnet_matches_onnxruntime_and_reference(reference_dir, tmp_path
         check_onnx(model, tmp_path, atol=ATOL)
 
 
+@pytest.mark.slow
 def test_export_cli_vit_matches_reference(reference_dir, tmp_path, capsys):
     out = tmp_path / "onnx"
     code = cli.main(["export", str(reference_dir / "parity" / "tiny_vit.safetensors"), "--out", str(out)])

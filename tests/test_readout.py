@@ -1,7 +1,9 @@
-"""The towers' inference shortcuts give the same features as the plain computation:
+"""The towers' shortcuts give the same features as the plain computation:
 
-* the last block computes only the token the tower reads (class token / end-of-text token);
-* without autograd the MLP computes QuickGELU as one in-place SiLU (the 1.702 folded into the GEMMs);
+* the last block computes only the token the tower reads (class token / end-of-text token), in the
+  model itself and so in training too;
+* ``fastpath``'s fused blocks, used without autograd, add the residuals in the GEMMs and compute
+  QuickGELU as one in-place SiLU (the 1.702 folded into the GEMMs);
 * (pieces of the batch on concurrent streams: tests/test_pieces.py).
 """
 
@@ -12,7 +14,8 @@ import torch
 import torch.nn.functional as F
 
 import clipforge
-from clipforge.model.layers import MLP, QuickGELU, Transformer
+from clipforge.fastpath.blocks import FusedResidualAttentionBlock, fuse_blocks
+from clipforge.model.layers import ResidualAttentionBlock, Transformer
 
 
 def _full_then_take(transformer: Transformer, x: torch.Tensor, index) -> torch.Tensor:
@@ -41,11 +44,15 @@ def test_blocks_without_autograd_equal_the_autograd_blocks(causal, act):
     with torch.no_grad():
         for p in transformer.parameters():  # every bias non-zero (out_proj's starts at zero)
             p.add_(0.1 * torch.randn_like(p))
+    assert fuse_blocks(transformer) == 2
+    assert all(type(b) is FusedResidualAttentionBlock for b in transformer.resblocks)
     x = torch.randn(5, 9, 32, dtype=torch.float64)
     for index in (None, 0, torch.tensor([8, 0, 3, 5, 1])):
         recorded = transformer(x, index=index)  # parameters require grad: the autograd path
         assert recorded.requires_grad
         with torch.no_grad():
+            plain = [ResidualAttentionBlock.forward(b, x) for b in transformer.resblocks]  # the model's own forward
+            torch.testing.assert_close(transformer.resblocks[0](x), plain[0], rtol=0, atol=1e-12)
             torch.testing.assert_close(transformer(x, index=index), recorded.detach(), rtol=0, atol=1e-12)
         with torch.inference_mode():
             torch.testing.assert_close(transformer(x, index=index), recorded.detach(), rtol=0, atol=1e-12)
@@ -106,24 +113,20 @@ def test_training_gradients_equal_those_of_the_full_last_block(name):
         torch.testing.assert_close(fast[key], slow[key], rtol=0, atol=1e-11, msg=key)
 
 
-def test_quickgelu_without_autograd_equals_the_autograd_one():
+def test_frozen_weights_take_the_fused_path_with_grad_mode_on():
+    """Weights that need no gradient (``optimize_for_inference`` freezes them) are a no-autograd forward."""
     torch.manual_seed(0)
-    mlp = MLP(24, 96, "quick_gelu")
-    x = torch.randn(6, 5, 24)
-    with_grad = mlp(x)
-    assert with_grad.requires_grad
-    # SiLU with the 1.702 folded into the matrix products: the same function, rounded differently.
-    with torch.no_grad():
-        torch.testing.assert_close(mlp(x), with_grad.detach(), rtol=1e-6, atol=1e-6)
-    with torch.inference_mode():
-        torch.testing.assert_close(mlp(x), with_grad.detach(), rtol=1e-6, atol=1e-6)
-    frozen = MLP(24, 96, "quick_gelu").double().requires_grad_(False)
-    x64 = x.double()
-    reference = frozen.c_proj(QuickGELU()(frozen.c_fc(x64)))
-    torch.testing.assert_close(frozen(x64), reference, rtol=0, atol=1e-13)  # frozen weights: the fast path
-    assert not torch.equal(frozen.gelu(x64), F.silu(x64))  # (the activation is QuickGELU, not SiLU)
+    block = ResidualAttentionBlock(24, 2).double()
+    x = torch.randn(3, 5, 24, dtype=torch.float64)
+    reference = block(x).detach()
+    fuse_blocks(block)
+    block.requires_grad_(False)
+    out = block(x)  # grad mode on, nothing to record
+    assert not out.requires_grad
+    torch.testing.assert_close(out, reference, rtol=0, atol=1e-12)
 
 
+@pytest.mark.slow
 def test_compiled_inference_keeps_keys_and_features():
     """``optimize_for_inference(compile=True)`` compiles the per-piece forwards; pieces stay outside."""
     torch.manual_seed(0)
@@ -131,9 +134,9 @@ def test_compiled_inference_keeps_keys_and_features():
     images = torch.randn(6, 3, model.image_size, model.image_size)
     tokens = torch.randint(1, 499, (6, 10))
     tokens[:, 0], tokens[:, -1] = 498, 499
-    fast = clipforge.optimize_for_inference(model, clipforge.InferenceOptions(compile=True))
-    fast.visual.inference_chunk_rows = 4 * ((model.image_size // model.visual.patch_size) ** 2 + 1)  # 3 + 3
-    assert fast.visual.inference_streams == 1 and fast.inference_streams == 1  # on the threads compiled for
+    rows = 4 * ((model.image_size // model.visual.patch_size) ** 2 + 1)  # 4 images per piece: 3 + 3
+    fast = clipforge.optimize_for_inference(model, clipforge.InferenceOptions(compile=True, chunk_rows=rows))
+    assert fast.visual._clipforge_pieces.streams == 1 and fast._clipforge_pieces.streams == 1  # the compiled threads
     assert list(fast.state_dict()) == list(model.state_dict())
     with torch.inference_mode():
         torch.testing.assert_close(fast.encode_image(images), model.encode_image(images), rtol=1e-5, atol=1e-5)

@@ -65,6 +65,7 @@ def test_stops_when_no_pair_is_left() -> None:
     assert tok.vocab_size == 516
 
 
+@pytest.mark.slow
 def test_deterministic_across_hash_seeds_and_input_order() -> None:
     texts = synthetic_captions(500, seed=4) + mixed_unicode_texts(300, seed=4)
     shuffled = texts[:]

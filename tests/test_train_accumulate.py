@@ -8,8 +8,11 @@ import pytest
 import torch
 
 from clipforge.factory import create_model
-from clipforge.train.accumulate import forward_backward
-from clipforge.train.objective import TrainModel, compute_loss
+from clipforge.train.accumulate import StepContext, forward_backward
+from clipforge.train.losses import LossConfig, build_loss
+from clipforge.train.objective import TrainModel
+
+CPU = StepContext(torch.device("cpu"), trim_tokens=True)
 
 SMALL_TEXT = {"vocab_size": 500, "context_length": 12}
 
@@ -21,7 +24,8 @@ def _model(name: str, loss: str = "clip", **vision) -> TrainModel:
     torch.manual_seed(0)
     changes = {"text": SMALL_TEXT, **({"vision": vision} if vision else {})}
     # float64: the comparison then tests the algorithm, not float32 summation order
-    return TrainModel(create_model(name, dtype=torch.float64, **changes), loss).train()
+    loss_module = build_loss(LossConfig.variant({"kind": loss})())
+    return TrainModel(create_model(name, **changes), loss_module).to(torch.float64).train()
 
 
 def _batches(k: int, b: int, size: int, seed: int = 1) -> list[tuple[torch.Tensor, torch.Tensor]]:
@@ -38,12 +42,12 @@ def _grads(model: torch.nn.Module) -> dict[str, torch.Tensor]:
     return {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
 
 
-def _naive_reference(model: TrainModel, batches, kind: str) -> torch.Tensor:
+def _naive_reference(model: TrainModel, batches) -> torch.Tensor:
     """All micro-batches embedded with gradients in one graph, one loss over everything."""
     outs = [model(images, tokens) for images, tokens in batches]
     image = torch.cat([o[0] for o in outs])
     text = torch.cat([o[1] for o in outs])
-    loss, _ = compute_loss(kind, image, text, outs[-1][2], outs[-1][3])
+    loss, _ = model.loss(image, text, **outs[-1][2])
     loss.backward()
     return loss.detach()
 
@@ -58,8 +62,8 @@ def test_accumulation_equals_one_big_batch_vit():
     batches = _batches(4, 3, 32)
     big = (torch.cat([b[0] for b in batches]), torch.cat([b[1] for b in batches]))
     one, acc = _model("tiny-vit"), _model("tiny-vit")
-    loss_one, _ = forward_backward(one, [big], "clip", torch.device("cpu"))
-    loss_acc, diag = forward_backward(acc, batches, "clip", torch.device("cpu"))
+    loss_one, _ = forward_backward(one, [big], CPU)
+    loss_acc, diag = forward_backward(acc, batches, CPU)
     assert loss_acc.item() == pytest.approx(loss_one.item(), abs=1e-10)
     assert 0.0 <= diag["i2t_acc"].item() <= 1.0
     _assert_same_grads(_grads(one), _grads(acc))
@@ -70,8 +74,8 @@ def test_accumulation_with_batchnorm_matches_per_micro_batch_reference(kind):
     """ResNet: BatchNorm statistics are per micro-batch, and the running statistics move once per micro-batch."""
     batches = _batches(3, 4, 64)
     ref, acc = _model("tiny-rn", kind), _model("tiny-rn", kind)
-    loss_ref = _naive_reference(ref, batches, kind)
-    loss_acc, _ = forward_backward(acc, batches, kind, torch.device("cpu"))
+    loss_ref = _naive_reference(ref, batches)
+    loss_acc, _ = forward_backward(acc, batches, CPU)
     assert loss_acc.item() == pytest.approx(loss_ref.item(), abs=1e-10)
     _assert_same_grads(_grads(ref), _grads(acc))
     for (name, a), (_, b) in zip(ref.named_buffers(), acc.named_buffers()):
@@ -82,9 +86,9 @@ def test_accumulation_replays_patch_dropout_masks():
     batches = _batches(2, 3, 32)
     ref, acc = _model("tiny-vit", patch_dropout=0.5), _model("tiny-vit", patch_dropout=0.5)
     torch.manual_seed(7)
-    _naive_reference(ref, batches, "clip")
+    _naive_reference(ref, batches)
     torch.manual_seed(7)
-    forward_backward(acc, batches, "clip", torch.device("cpu"))
+    forward_backward(acc, batches, CPU)
     _assert_same_grads(_grads(ref), _grads(acc))
 
 
@@ -93,8 +97,8 @@ def test_accumulation_with_a_locked_tower():
     ref, acc = _model("tiny-vit"), _model("tiny-vit")
     for m in (ref, acc):
         m.clip.visual.requires_grad_(False)
-    _naive_reference(ref, batches, "clip")
-    forward_backward(acc, batches, "clip", torch.device("cpu"))
+    _naive_reference(ref, batches)
+    forward_backward(acc, batches, CPU)
     grads = _grads(acc)
     assert not any(n.startswith("clip.visual.") for n in grads) and "clip.logit_scale" in grads
     _assert_same_grads(_grads(ref), grads)

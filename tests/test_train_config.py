@@ -25,7 +25,10 @@ def test_every_recipe_in_configs_loads_and_the_packaged_demo_is_the_same_file():
 
 def test_paper_recipe_has_the_paper_batch_and_optimizer():
     config = load_config(ROOT / "configs" / "paper_vitb32.toml")
-    assert config.data.batch_size * config.run.accum_steps * 8 == 32768
+    assert config.run.global_batch == 32768 and config.run.accum_steps == 1  # accumulation follows the processes
+    from clipforge.train.build import accumulation
+
+    assert config.data.batch_size * accumulation(config.run, config.data.batch_size, 8) * 8 == 32768
     assert (config.optim.lr, config.optim.weight_decay, config.schedule.warmup_steps) == (5e-4, 0.2, 2000)
 
 

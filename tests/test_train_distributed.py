@@ -5,7 +5,9 @@ the one-process result by float32 rounding only, about 2e-6 on these gradients).
 
 The two ranks are spawned by torch.multiprocessing and run DDP (CLIP and SigLIP losses, and DDP
 with exact accumulation) and FSDP2 (``fully_shard``); each writes its loss and full gradients to a
-file, and the test compares them with one process computing the whole batch.
+file, and the test compares them with one process computing the whole batch. The SigLIP model's
+scenarios use the loss's ring exchange (one [B, B] block per step, never the whole matrix) and its
+all-gather.
 """
 
 from __future__ import annotations
@@ -22,25 +24,32 @@ import torch.distributed as dist
 import torch.multiprocessing as mp
 
 from clipforge.factory import create_model
-from clipforge.train.accumulate import forward_backward
+from clipforge.train.accumulate import StepContext, forward_backward
 from clipforge.train.distributed import DistInfo, wrap_model
+from clipforge.train.losses import LossConfig, build_loss
 from clipforge.train.objective import TrainModel
 
+CPU = StepContext(torch.device("cpu"), trim_tokens=True)
+
 B = 3
-SCENARIOS = {  # name: (loss, strategy, micro-batches per rank)
-    "ddp_clip": ("clip", "ddp", 1),
-    "ddp_siglip": ("siglip", "ddp", 1),
-    "ddp_clip_accum": ("clip", "ddp", 2),
-    "fsdp_clip": ("clip", "fsdp", 1),
+SCENARIOS = {  # name: (loss, strategy, micro-batches per rank, model, loss settings)
+    "ddp_clip": ("clip", "ddp", 1, "tiny-vit", {}),
+    "ddp_siglip": ("siglip", "ddp", 1, "tiny-vit", {}),  # the loss's own bias, ring exchange
+    "ddp_clip_accum": ("clip", "ddp", 2, "tiny-vit", {}),
+    "fsdp_clip": ("clip", "fsdp", 1, "tiny-vit", {}),
+    "ddp_siglip_model_ring": ("siglip", "ddp", 1, "tiny-siglip", {"exchange": "ring"}),
+    "ddp_siglip_model_gather": ("siglip", "ddp", 1, "tiny-siglip", {"exchange": "gather"}),
+    "ddp_siglip_model_ring_accum": ("siglip", "ddp", 2, "tiny-siglip", {"exchange": "ring"}),
 }
 WORLD = 2
 
 
-def _model(loss: str) -> TrainModel:
+def _model(loss: str, name: str = "tiny-vit", settings: dict | None = None) -> TrainModel:
     torch.manual_seed(0)
     # float64: the comparison then tests the algorithm, not float32 summation order
-    clip = create_model("tiny-vit", dtype=torch.float64, text={"vocab_size": 500, "context_length": 12})
-    return TrainModel(clip, loss).train()
+    clip = create_model(name, text={"vocab_size": 500, "context_length": 12})
+    config = LossConfig.variant({"kind": loss})(**(settings or {}))
+    return TrainModel(clip, build_loss(config)).to(torch.float64).train()
 
 
 def _global_batches(count: int) -> list[tuple[torch.Tensor, torch.Tensor]]:
@@ -68,10 +77,10 @@ def _worker(rank: int, init_file: str, out_dir: str) -> None:
     dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=WORLD)
     info = DistInfo(rank, WORLD, rank, torch.device("cpu"), "gloo")
     try:
-        for name, (loss_kind, strategy, k) in SCENARIOS.items():
-            model = wrap_model(_model(loss_kind), strategy, info)
+        for name, (loss_kind, strategy, k, model_name, settings) in SCENARIOS.items():
+            model = wrap_model(_model(loss_kind, model_name, settings), strategy, info)
             batches = _global_batches(WORLD * k)[rank * k:(rank + 1) * k]  # rank-major, as the gather
-            loss, diagnostics = forward_backward(model, batches, loss_kind, info.device)
+            loss, diagnostics = forward_backward(model, batches, CPU)
             torch.save({"loss": loss, "grads": _full_grads(model)}, Path(out_dir) / f"{name}_{rank}.pt")
     finally:
         dist.destroy_process_group()
@@ -85,13 +94,14 @@ def rank_results(tmp_path_factory) -> Path:
     return out
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("scenario", list(SCENARIOS))
 def test_two_ranks_equal_one_process(rank_results: Path, scenario: str):
-    loss_kind, _, k = SCENARIOS[scenario]
-    reference = _model(loss_kind)
+    loss_kind, _, k, model_name, settings = SCENARIOS[scenario]
+    reference = _model(loss_kind, model_name, settings)
     batches = _global_batches(WORLD * k)
     whole = (torch.cat([b[0] for b in batches]), torch.cat([b[1] for b in batches]))
-    ref_loss, _ = forward_backward(reference, [whole], loss_kind, torch.device("cpu"))
+    ref_loss, _ = forward_backward(reference, [whole], CPU)
     ref_grads = _full_grads(reference)
     ranks = [torch.load(rank_results / f"{scenario}_{r}.pt", weights_only=True) for r in range(WORLD)]
     # Each rank's loss covers its own rows; their mean is the global loss.
@@ -116,6 +126,7 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
+@pytest.mark.slow
 def test_torchrun_stop_and_resume_is_exact_and_fsdp_continues_it(tmp_path):
     """The whole trainer under torchrun (2 processes, gloo, SigLIP). DDP: a run stopped at step 2 and
     resumed (every rank's RNG and data position restored) repeats the uninterrupted losses bitwise.
@@ -133,7 +144,7 @@ def test_torchrun_stop_and_resume_is_exact_and_fsdp_continues_it(tmp_path):
               "--set", "data.batch_size=4", "--set", "data.workers=0", "--set", "tokenizer.source=learn",
               "--set", f"tokenizer.captions={world}/train/captions.txt", "--set", "tokenizer.vocab_size=600",
               "--set", "model.name=tiny-vit", "--set", "model.text.context_length=32", "--set", "run.threads=1",
-              "--set", "run.loss=siglip", "--set", "log.tensorboard=false", "--set", "checkpoint.every=0",
+              "--set", "loss.kind=siglip", "--set", "log.tensorboard=false", "--set", "checkpoint.every=0",
               "--set", "schedule.warmup_steps=1", "--set", "eval.every=2", "--set", f"eval.data={world}/eval/heldout"]
     full, part, fsdp = tmp_path / "full", tmp_path / "part", tmp_path / "fsdp"
     runs = [["--out", str(full)], ["--out", str(part), "--stop-at", "2"], ["--out", str(part), "--resume", "latest"]]

@@ -9,7 +9,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from clipforge.train.loss import clip_loss, siglip_loss
+from clipforge.train.losses import clip_loss, siglip_loss
 
 
 def _features(n: int = 8, d: int = 16, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:

@@ -88,6 +88,7 @@ def reference(world, tmp_path_factory) -> Path:
     return tmp / "run"
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("workers", [0, 2])
 def test_stop_mid_epoch_and_resume_in_new_process_is_bitwise_exact(world, reference, tmp_path, workers):
     recipe = _recipe(world, tmp_path, workers)
@@ -108,6 +109,7 @@ def test_stop_mid_epoch_and_resume_in_new_process_is_bitwise_exact(world, refere
     _assert_bitwise_equal_weights(stopped / "final", full / "final")
 
 
+@pytest.mark.slow
 def test_sigkill_while_writing_a_checkpoint_then_resume(world, reference, tmp_path):
     recipe = _recipe(world, tmp_path, workers=0, checkpoint_every=3)
     run = tmp_path / "killed"

@@ -28,7 +28,7 @@ PACKAGE = str(Path(clipforge.__file__).parent)
 READS = ("item", "tolist", "numpy", "cpu", "__float__", "__int__", "__index__", "__bool__")
 # Token trimming reads the longest caption of the batch's token ids while they are still host tensors,
 # before they move to the device (clipforge.fastpath.trim_tokens): not a device read.
-HOST_SIDE = {("fastpath.py", "trimmed_length")}
+HOST_SIDE = {("tokens.py", "trimmed_length")}
 
 
 @contextlib.contextmanager
@@ -81,7 +81,7 @@ ONE_READ = [("loop.py", "_read_scalars", "tolist")]
 
 @pytest.mark.parametrize("changes", [
     {"optim.clip_grad_norm": "1.0"},
-    {"run.loss": "siglip", "run.accum_steps": "2", "optim.fused": "true"},
+    {"loss.kind": "siglip", "run.accum_steps": "2", "optim.fused": "true"},
 ], ids=["clip-clipped", "siglip-accum-fused"])
 def test_one_device_read_and_one_all_reduce_per_step(tmp_path, monkeypatch, changes):
     trainer = _trainer(tmp_path, TensorLoader(4, 4, 530), [], **{"run.steps": "2", **changes})
@@ -90,7 +90,7 @@ def test_one_device_read_and_one_all_reduce_per_step(tmp_path, monkeypatch, chan
     assert reductions == [1, 1]
     records = read_metrics(tmp_path / "run")
     assert len(records) == 2 and all(isinstance(r["grad_norm"], float) and r["grad_norm"] > 0 for r in records)
-    expected = {"i2t_acc", "t2i_acc", "logit_scale"} | ({"logit_bias"} if "run.loss" in changes else set())
+    expected = {"i2t_acc", "t2i_acc", "logit_scale"} | ({"logit_bias"} if "loss.kind" in changes else set())
     assert expected <= records[0].keys()
 
 

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import os
 import warnings
 from pathlib import Path
@@ -13,6 +12,7 @@ import torch
 from clipforge.checkpoint import (
     CheckpointError,
     infer_config,
+    load_weights,
     read_directory_config,
     read_state_dict,
     resize_positional_embedding,
@@ -22,7 +22,7 @@ from clipforge.config import ModelConfig
 from clipforge.factory import resolve_config
 from clipforge.model import CLIP
 from clipforge.registry import available_models, canonical_name
-from clipforge.transforms import eval_transform
+from clipforge.transforms import preprocess_for
 
 OPENAI_VOCAB_SIZE = 49408
 
@@ -30,6 +30,7 @@ OPENAI_VOCAB_SIZE = 49408
 def load(
     name_or_path: str | os.PathLike,
     *,
+    pretrained: str | None = None,
     device: str | torch.device = "cpu",
     model: str | ModelConfig | None = None,
     image_size: int | None = None,
@@ -37,20 +38,27 @@ def load(
 ) -> tuple[CLIP, Callable[[Any], torch.Tensor], Any]:
     """Load a checkpoint → ``(model, preprocess, tokenizer)``, the model in eval mode.
 
-    ``name_or_path`` is a checkpoint file or directory in any supported format, or one of OpenAI's
-    model names (downloaded into the cache on first use, checksum verified). The architecture comes
-    from the directory's config.json, else ``model`` (a registered name or config: needed for GELU
-    checkpoints, whose shapes equal the QuickGELU ones), else it is inferred from the shapes.
+    ``name_or_path`` is a checkpoint file or directory in any supported format, one of OpenAI's
+    model names, a registered architecture with ``pretrained`` naming released weights (a tag such as
+    "laion2b_s32b_b79k"; ``clipforge models --pretrained`` lists them), or ``"hf-hub:ORG/NAME"`` (a
+    Hugging Face Hub repository in open_clip's or transformers' layout). Downloads go into the cache
+    on first use, checksums verified. The architecture comes from the directory's config (our
+    config.json, open_clip_config.json, HF's config.json), else the tag's, else ``model`` (a
+    registered name or config: needed for GELU checkpoints, whose shapes equal the QuickGELU ones),
+    else it is inferred from the shapes.
     ``image_size`` interpolates the positional embedding to another input resolution.
     ``tokenizer`` is the one saved with the model, else OpenAI's (None when its vocabulary file is
     not available offline; see ``clipforge.tokenizer.download_openai_vocab``).
     """
-    path = resolve_checkpoint(name_or_path, download_root)
+    if pretrained is not None:
+        path, model = _pretrained(str(name_or_path), pretrained, model, download_root)
+    else:
+        path = resolve_checkpoint(name_or_path, download_root)
     clip = load_model(path, device=device, model=model, image_size=image_size)
     tokenizer = tokenizer_for(path, clip.config)
     if tokenizer is None and not Path(name_or_path).exists():  # loaded by name: the user is online
         tokenizer = _download_openai_tokenizer(clip.config)
-    return clip, eval_transform(clip.image_size), tokenizer
+    return clip, preprocess_for(clip.config), tokenizer
 
 
 def load_model(
@@ -68,15 +76,11 @@ def load_model(
     )
     if image_size is not None and image_size != config.vision.image_size:
         try:
-            resize_positional_embedding(state, image_size, config.vision.patch_size)
+            config = resize_positional_embedding(state, config, image_size)
         except KeyError as err:
             raise CheckpointError(f"{path}: no positional embedding {err} to resize") from err
-        config = config.replace(vision={"image_size": image_size})
     clip = CLIP(config)
-    try:
-        clip.load_state_dict(state, strict=True)
-    except RuntimeError as err:
-        raise CheckpointError(f"{path}: weights do not fit the architecture {config}: {err}") from err
+    load_weights(clip, state, source=str(path))
     return clip.to(device).eval()
 
 
@@ -87,18 +91,43 @@ def save(model: CLIP, directory: str | os.PathLike, tokenizer: Any = None) -> Pa
 
 
 def resolve_checkpoint(name_or_path: str | os.PathLike, download_root: str | os.PathLike | None = None) -> Path:
-    """A local checkpoint path: ``name_or_path`` itself, or OpenAI's weights for a model name (downloaded)."""
-    path = Path(name_or_path)
+    """A local checkpoint path: ``name_or_path`` itself, OpenAI's weights for a model name, or a Hub
+    repository's snapshot directory for ``hf-hub:ORG/NAME`` (downloaded)."""
+    from clipforge import hub
+
+    path, text = Path(name_or_path), str(name_or_path)
     if path.exists():
         return path
-    if _is_model_name(str(name_or_path)):
-        from clipforge.hub import download_openai
+    if text.startswith(hub.HUB_PREFIX):
+        return hub.download_hub(text[len(hub.HUB_PREFIX):], download_root).parent
+    if _is_model_name(text) and canonical_name(text) in hub.OPENAI_URLS:
+        return hub.download_openai(text, download_root)
+    if _is_model_name(text):
+        from clipforge.zoo.pretrained import tags_of
 
-        return download_openai(str(name_or_path), download_root)
+        tags = tags_of(text)
+        raise CheckpointError(f"{text}: OpenAI released no weights of this architecture; " + (
+            f"name released ones with pretrained=, one of: {', '.join(tags)}" if tags else
+            "it has no pretrained tags (clipforge.create_model builds it with random weights)"))
     raise CheckpointError(
-        f"{name_or_path}: no such file or directory, and not a model name with released weights "
-        f"(OpenAI's: {', '.join(available_models()[:9])})"
+        f"{name_or_path}: no such file or directory, and not a model name with released weights (OpenAI's: "
+        f"{', '.join(available_models()[:9])}; others by tag: clipforge models --pretrained) or {hub.HUB_PREFIX}ORG/NAME"
     )
+
+
+def _pretrained(name: str, tag: str, model: str | ModelConfig | None,
+                root: str | os.PathLike | None) -> tuple[Path, str | ModelConfig]:
+    """The weight file of (architecture, tag) and the config to build: the architecture its weights
+    were trained as, with the preprocessing they expect (``model`` overrides it)."""
+    from clipforge.hub import download_pretrained
+    from clipforge.zoo.pretrained import get_pretrained
+
+    try:
+        entry = get_pretrained(name, tag)
+    except KeyError as err:
+        raise CheckpointError(err.args[0]) from None
+    config = resolve_config(entry.architecture).replace(preprocess=entry.preprocess)
+    return download_pretrained(entry, root), model if model is not None else config
 
 
 def _download_openai_tokenizer(config: ModelConfig):
@@ -122,14 +151,12 @@ def _is_model_name(name: str) -> bool:
 
 
 def tokenizer_for(path: Path, config: ModelConfig):
-    """The tokenizer saved with the model, else OpenAI's (when the vocabulary sizes agree)."""
-    from clipforge.tokenizer import Tokenizer
-    from clipforge.tokenizer.core import CONFIG_FILE
+    """The tokenizer saved with the model (clipforge's BPE, or SigLIP's SentencePiece in transformers'
+    layout), else OpenAI's (when the vocabulary sizes agree)."""
+    from clipforge.tokenizer import Tokenizer, is_saved_tokenizer, load_tokenizer
 
-    saved = path / CONFIG_FILE if path.is_dir() else None
-    # An HF directory may hold its own tokenizer.json: only ours has type "clip_bpe".
-    if saved is not None and saved.is_file() and json.loads(saved.read_text()).get("type") == "clip_bpe":
-        tokenizer = Tokenizer.from_directory(path)
+    if path.is_dir() and is_saved_tokenizer(path):
+        tokenizer = load_tokenizer(path, context_length=config.text.context_length)
         if tokenizer.vocab_size > config.text.vocab_size:
             raise CheckpointError(
                 f"{path}: the saved tokenizer has {tokenizer.vocab_size} ids but the model's vocabulary only "
@@ -139,7 +166,8 @@ def tokenizer_for(path: Path, config: ModelConfig):
     if config.text.vocab_size != OPENAI_VOCAB_SIZE:
         raise CheckpointError(
             f"{path}: the model has a vocabulary of {config.text.vocab_size} tokens but no tokenizer files "
-            f"are saved with it, and OpenAI's vocabulary has {OPENAI_VOCAB_SIZE}"
+            f"(clipforge's tokenizer.json, SigLIP's spiece.model or SigLIP 2's tokenizer.json) are saved with it, "
+            f"and OpenAI's vocabulary has {OPENAI_VOCAB_SIZE}"
         )
     try:
         return Tokenizer.openai(context_length=config.text.context_length)

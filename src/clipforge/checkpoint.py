@@ -1,9 +1,11 @@
 """Reading and writing checkpoints safely, and inferring OpenAI architectures from their shapes.
 
 Formats read: OpenAI's released files (TorchScript archives and plain state_dicts), open_clip
-checkpoints (``{"state_dict": ...}``, ``module.`` prefixes), safetensors files, HF transformers'
-``CLIPModel`` (a ``save_pretrained`` directory or its state_dict), and this project's own format:
-a directory with ``model.safetensors``, ``config.json`` and the tokenizer's files.
+checkpoints (``{"state_dict": ...}``, ``module.`` prefixes, and open_clip's Hub directories),
+safetensors files, HF transformers' ``CLIPModel``, ``SiglipModel`` and ``Siglip2Model`` (a
+``save_pretrained`` directory or its state_dict), and this project's own format: a directory with
+``model.safetensors``, ``config.json`` and the tokenizer's files. Directories are told apart by
+``clipforge.layouts``.
 
 Safety: nothing in a checkpoint is ever executed.
 - Pickles are read with ``torch.load(weights_only=True)`` only; there is no fallback to full unpickling.
@@ -15,7 +17,9 @@ Safety: nothing in a checkpoint is ever executed.
 from __future__ import annotations
 
 import collections
+import dataclasses
 import json
+import math
 import os
 import pickle
 import re
@@ -29,14 +33,16 @@ import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
-from clipforge.config import ModelConfig, TextConfig, VisionConfig
+from clipforge import families, layouts
+from clipforge.config import ModelConfig, PreprocessConfig
 
 WEIGHTS_NAME = "model.safetensors"
-CONFIG_NAME = "config.json"
-_HF_PICKLE_NAME = "pytorch_model.bin"
-_SHARD_INDEX = "model.safetensors.index.json"
+CONFIG_NAME = layouts.CONFIG_NAME
 # Extra entries in OpenAI's TorchScript state_dicts that are not parameters.
 _JIT_EXTRAS = ("input_resolution", "context_length", "vocab_size")
+# The causal attention mask, a constant some writers keep as a buffer (torch <= 1.5 TorchScript archives of
+# OpenAI-style code, where every tensor attribute was one); the towers build it themselves.
+_DERIVED = "attn_mask"
 _STORAGE_DTYPES = {
     "FloatStorage": torch.float32, "HalfStorage": torch.float16, "BFloat16Storage": torch.bfloat16,
     "DoubleStorage": torch.float64, "LongStorage": torch.int64, "IntStorage": torch.int32,
@@ -82,17 +88,17 @@ def _looks_like_safetensors(path: Path) -> bool:
 
 
 def _read_directory_weights(directory: Path) -> tuple[dict[str, Any], Path]:
-    for name in (WEIGHTS_NAME, _HF_PICKLE_NAME):
-        if (directory / name).is_file():
-            return read_file(directory / name), directory / name
-    index = directory / _SHARD_INDEX
-    if index.is_file():  # HF sharded safetensors: {"weight_map": {key: shard file}}
-        shards = sorted(set(json.loads(index.read_text())["weight_map"].values()))
+    layout = layouts.of(directory)
+    path = layouts.weights_file(directory, layout)
+    if path is None:
+        raise CheckpointError(f"{directory}: no {', '.join(layout.weights)} in this directory ({layout.name} layout)")
+    if path.name.endswith(".index.json"):  # HF sharded safetensors: {"weight_map": {key: shard file}}
+        shards = sorted(set(json.loads(path.read_text())["weight_map"].values()))
         state: dict[str, Any] = {}
         for shard in shards:
             state.update(read_file(directory / shard))
-        return state, index
-    raise CheckpointError(f"{directory}: no {WEIGHTS_NAME}, {_HF_PICKLE_NAME} or {_SHARD_INDEX} in this directory")
+        return state, path
+    return read_file(path), path
 
 
 def _read_pickle(path: Path) -> dict[str, Any]:
@@ -206,7 +212,12 @@ def read_torchscript(path: Path) -> dict[str, torch.Tensor]:
 
 
 def _declared_state_names(archive: zipfile.ZipFile, prefix: str) -> dict[str, set[str]]:
-    """Parameter and buffer names per class, read (as text, never run) from the archive's code files."""
+    """Parameter and buffer names per class, read (as text, never run) from the archive's code files.
+
+    A class is listed only when its code declares its buffers (``__buffers__``, written since torch
+    1.6). Archives of torch <= 1.5 have no such line: there every tensor attribute that is not a
+    parameter was a buffer (BatchNorm statistics, masks), so those classes keep all their tensors.
+    """
     declared: dict[str, set[str]] = {}
     for name in archive.namelist():
         if not (name.startswith(f"{prefix}code/") and name.endswith(".py")):
@@ -215,6 +226,8 @@ def _declared_state_names(archive: zipfile.ZipFile, prefix: str) -> dict[str, se
         source = archive.read(name).decode("utf-8", errors="replace")
         for match in re.finditer(r"^class (\w+)\(Module\):\n((?:[ \t]+.*\n|\n)*)", source, flags=re.M):
             body = match[2]
+            if not re.search(r"^\s+__buffers__ = \[", body, flags=re.M):
+                continue
             lists = re.findall(r"^\s+__(?:parameters|buffers)__ = \[(.*?)\]", body, flags=re.M | re.S)
             declared[f"{module}.{match[1]}"] = {n for part in lists for n in re.findall(r'"(\w+)"', part)}
     return declared
@@ -244,7 +257,7 @@ def normalize_state_dict(state: dict[str, Any], source: str = "state_dict") -> d
         for prefix in ("module.", "_orig_mod."):
             while key.startswith(prefix):
                 key = key[len(prefix):]
-        if key in _JIT_EXTRAS:
+        if key in _JIT_EXTRAS or key.rsplit(".", 1)[-1] == _DERIVED:
             continue
         if not torch.is_tensor(value):
             raise CheckpointError(f"{source}: entry {key!r} is a {type(value).__name__}, not a tensor")
@@ -255,9 +268,9 @@ def normalize_state_dict(state: dict[str, Any], source: str = "state_dict") -> d
         try:
             out = hf.state_from_hf(out)
         except (KeyError, ValueError) as err:
-            raise CheckpointError(f"{source}: not an HF CLIPModel state_dict we can map ({err})") from err
-    if "text_projection" not in out or not any(k.startswith("visual.") for k in out):
-        raise CheckpointError(f"{source}: not a CLIP state_dict (no 'text_projection' or 'visual.*' keys)")
+            raise CheckpointError(f"{source}: not an HF CLIP/SigLIP state_dict we can map ({err})") from err
+    if not any(k.startswith("visual.") for k in out) or all(k.startswith("visual.") or k == "logit_scale" for k in out):
+        raise CheckpointError(f"{source}: not a CLIP state_dict (it needs image tower 'visual.*' keys and text tower keys)")
     return out
 
 
@@ -270,58 +283,72 @@ def infer_config(state: dict[str, torch.Tensor], act: str = "quick_gelu", source
 
 
 def _infer_config(state: dict[str, torch.Tensor], act: str) -> ModelConfig:
-    text_width = state["ln_final.weight"].shape[0]
-    text = TextConfig(
-        context_length=state["positional_embedding"].shape[0],
-        vocab_size=state["token_embedding.weight"].shape[0],
-        width=text_width,
-        layers=_count_blocks(state, "transformer.resblocks."),
-        mlp_ratio=state["transformer.resblocks.0.mlp.c_fc.weight"].shape[0] / text_width,
-        act=act,
-    )
-    if "visual.proj" in state:  # ViT
-        width, _, patch, _ = state["visual.conv1.weight"].shape
-        grid = round((state["visual.positional_embedding"].shape[0] - 1) ** 0.5)
-        vision = VisionConfig(
-            image_size=patch * grid,
-            layers=_count_blocks(state, "visual.transformer.resblocks."),
-            width=width,
-            patch_size=patch,
-            mlp_ratio=state["visual.transformer.resblocks.0.mlp.c_fc.weight"].shape[0] / width,
-            act=act,
-        )
-    else:  # ModifiedResNet
-        layers = tuple(_count_blocks(state, f"visual.layer{i}.") for i in range(1, 5))
-        grid = round((state["visual.attnpool.positional_embedding"].shape[0] - 1) ** 0.5)
-        vision = VisionConfig(
-            image_size=grid * 32, layers=layers, width=state["visual.layer1.0.conv1.weight"].shape[0],
-            patch_size=None, act=act,
-        )
-    return ModelConfig(embed_dim=state["text_projection"].shape[1], vision=vision, text=text)
+    text_family = families.infer_text(state)
+    vision = families.infer_vision(state, act)
+    preprocess = families.of(vision).preprocess or PreprocessConfig()
+    bias = float(state["logit_bias"]) if "logit_bias" in state else None
+    config = ModelConfig(embed_dim=text_family.embed_dim(state), vision=vision, text=text_family.infer_config(state, act),
+                         preprocess=preprocess, init_logit_bias=bias)
+    return _registered_heads(config)
 
 
-def _count_blocks(state: dict[str, torch.Tensor], prefix: str) -> int:
-    return len({k[len(prefix):].split(".")[0] for k in state if k.startswith(prefix)})
+def _registered_heads(config: ModelConfig) -> ModelConfig:
+    """Shapes do not tell head counts; the family's rule (OpenAI's 64-wide heads) does not hold for
+    open_clip's ViT-H/g/bigG (80, 88, 104 wide). When the registered architectures of these shapes
+    agree on their heads, those are used."""
+    from clipforge.registry import available_models, get_config
+
+    heads = {(c.vision.heads, c.text.heads) for c in map(get_config, available_models())
+             if _same_shapes(c.vision, config.vision) and _same_shapes(c.text, config.text) and c.embed_dim == config.embed_dim}
+    if len(heads) != 1:
+        return config
+    (vision_heads, text_heads), = heads
+    return config.replace(vision={"heads": vision_heads}, text={"heads": text_heads})
 
 
-def resize_positional_embedding(state: dict[str, torch.Tensor], image_size: int, patch_size: int | None) -> None:
+def _same_shapes(a: Any, b: Any) -> bool:
+    """Equal tower configs but for heads and activation (floats such as MLP ratios to 1e-3: read back
+    from shapes, 4.3637 is 6144 / 1408)."""
+    if type(a) is not type(b):
+        return False
+    for f in dataclasses.fields(a):
+        x, y = getattr(a, f.name), getattr(b, f.name)
+        if f.name in ("heads", "act") or x == y or (isinstance(x, float) and isinstance(y, float) and math.isclose(x, y, rel_tol=1e-3)):
+            continue
+        return False
+    return True
+
+
+def resize_positional_embedding(state: dict[str, torch.Tensor], config: ModelConfig, image_size: int) -> ModelConfig:
     """Interpolate the image tower's positional embedding (in place) for another input resolution.
 
-    The class/mean token's embedding is kept; the grid is resized bicubically, as open_clip does.
+    The family of the image tower knows its key and layout (class/mean token kept, the grid resized
+    bicubically, as open_clip does); returns the config at the new resolution.
     """
-    key = "visual.positional_embedding" if patch_size else "visual.attnpool.positional_embedding"
-    stride = patch_size or 32  # a ModifiedResNet downsamples by 32 before its attention pool
-    if image_size % stride:
-        raise ValueError(f"image_size {image_size} is not a multiple of {stride} for this image tower")
-    new_grid = image_size // stride
-    old = state[key]  # [1 + G*G, W]
-    old_grid = round((old.shape[0] - 1) ** 0.5)
-    if old_grid == new_grid:
-        return
-    grid = old[1:].reshape(1, old_grid, old_grid, -1).permute(0, 3, 1, 2).float()  # [1, W, G, G]
-    grid = torch.nn.functional.interpolate(grid, size=(new_grid, new_grid), mode="bicubic", align_corners=False)
-    grid = grid.permute(0, 2, 3, 1).reshape(new_grid * new_grid, -1).to(old.dtype)  # [G'*G', W]
-    state[key] = torch.cat([old[:1], grid], dim=0)
+    vision = families.of(config.vision).resize_positions(state, config.vision, image_size)
+    return config.replace(vision=vision)
+
+
+def load_weights(model: torch.nn.Module, state: dict[str, torch.Tensor], source: str = "state_dict") -> None:
+    """``model.load_state_dict(state, strict=True)``; when they do not fit, the error names the missing
+    keys, the unexpected ones and the shapes that differ (the first few of each, with counts)."""
+    expected = model.state_dict()
+    missing = [k for k in expected if k not in state]
+    unexpected = [k for k in state if k not in expected]
+    shapes = [f"{k} {list(state[k].shape)} (the model's: {list(v.shape)})" for k, v in expected.items()
+              if k in state and state[k].shape != v.shape]
+    problems = [f"{len(items)} {what}: {_first(items)}" for what, items in
+                (("missing keys", missing), ("unexpected keys", unexpected), ("shapes differ", shapes)) if items]
+    if problems:
+        config = getattr(model, "config", None)
+        towers = (f" ({families.of(config.vision).describe(config.vision)}, {families.of(config.text).describe(config.text)})"
+                  if isinstance(config, ModelConfig) else "")
+        raise CheckpointError(f"{source}: weights do not fit the architecture{towers}: " + "; ".join(problems))
+    model.load_state_dict(state, strict=True)
+
+
+def _first(items: list[str], n: int = 6) -> str:
+    return ", ".join(items[:n]) + (f", ... ({len(items) - n} more)" if len(items) > n else "")
 
 
 # ---- writing ---------------------------------------------------------------------------------------
@@ -354,16 +381,9 @@ def save_directory(model: torch.nn.Module, directory: str | Path, tokenizer: Any
 
 
 def read_directory_config(directory: Path) -> ModelConfig | None:
-    """The config.json of our format or of an HF ``save_pretrained`` directory; None when absent."""
-    path = directory / CONFIG_NAME
-    if not path.is_file():
-        return None
+    """The architecture a checkpoint directory declares (``clipforge.layouts``); None when it has none."""
+    layout = layouts.of(directory)
     try:
-        data = json.loads(path.read_text())
-        if data.get("model_type") == "clip" or "text_config" in data:
-            from clipforge.hf import config_from_hf
-
-            return config_from_hf(data)
-        return ModelConfig.from_dict(data)
+        return layout.read_config(directory)
     except (json.JSONDecodeError, TypeError, ValueError, KeyError) as err:
-        raise CheckpointError(f"{path}: invalid model config ({err})") from err
+        raise CheckpointError(f"{directory / layout.config_file}: invalid model config ({err})") from err

@@ -19,6 +19,8 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "data": ("clipforge.data.cli", "generate the synthetic world, convert CSV/folders to shards"),
     "train": ("clipforge.train.cli", "train a CLIP model (torchrun for several processes)"),
     "eval": ("clipforge.eval.cli", "evaluate a model: zero-shot, linear probe, few-shot, retrieval, ..."),
+    "benchmark": ("clipforge.eval.benchmark_cli", "models x datasets x tasks: resumable grid, one table, plots"),
+    "datasets": ("clipforge.commands.datasets", "list the dataset zoo: names, class and template counts, sources"),
     "convert": ("clipforge.commands.convert", "convert checkpoints between OpenAI, open_clip, HF and ours"),
     "embed": ("clipforge.serve.embed_cli", "embed images or texts to numpy/parquet files"),
     "index": ("clipforge.serve.index_cli", "build a vector index over image embeddings"),

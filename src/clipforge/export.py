@@ -28,7 +28,6 @@ import torch
 from torch import nn
 
 from clipforge.model import CLIP
-from clipforge.transforms import OPENAI_MEAN, OPENAI_STD
 
 IMAGE_FILE = "image_encoder.onnx"
 TEXT_FILE = "text_encoder.onnx"
@@ -144,11 +143,16 @@ def export_metadata(model: CLIP, config: ExportConfig, written: dict[str, Path])
                    "text": ["tokens", "int64", ["batch", model.config.text.context_length]]},
         "outputs": {"image": "image_features", "text": "text_features"},
         "image_size": model.image_size,
-        "mean": list(OPENAI_MEAN),
-        "std": list(OPENAI_STD),
+        "mean": list(model.config.preprocess.mean),
+        "std": list(model.config.preprocess.std),
+        "resize": model.config.preprocess.resize,
+        "interpolation": model.config.preprocess.interpolation,
         "context_length": model.config.text.context_length,
         "embed_dim": model.config.embed_dim,
         "logit_scale": float(model.logit_scale.detach().exp()),
+        # SigLIP: probabilities are sigmoid(logit_scale · cos + logit_bias) per pair (None: CLIP's softmax)
+        "logit_bias": None if model.logit_bias is None else float(model.logit_bias.detach()),
+        "to_rgb": model.config.preprocess.to_rgb,
         "opset": config.opset,
         "model_config": model.config.to_dict(),
         "export_config": asdict(config),

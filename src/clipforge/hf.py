@@ -1,4 +1,5 @@
-"""Conversion to and from Hugging Face transformers' ``CLIPModel`` (ViT models only).
+"""Conversion to and from Hugging Face transformers' ``CLIPModel`` (ViT models only); SigLIP models
+(``SiglipModel`` / ``Siglip2Model``) are dispatched to :mod:`clipforge.hf_siglip` by their family's ``hf_model``.
 
 The key and config mapping is plain tensor work, so reading an HF checkpoint (a ``save_pretrained``
 directory or its state_dict) needs no transformers install; ``to_hf`` / ``from_hf`` build or take a
@@ -21,6 +22,7 @@ from typing import Any
 
 import torch
 
+from clipforge import families
 from clipforge.config import INIT_LOGIT_SCALE, ModelConfig, TextConfig, VisionConfig
 from clipforge.model import CLIP
 
@@ -52,10 +54,23 @@ def is_hf_state_dict(state: dict[str, Any]) -> bool:
     return any(k.startswith(("text_model.", "vision_model.")) for k in state)
 
 
+def hf_model_of(config: ModelConfig) -> str | None:
+    """The transformers class that holds both towers ("CLIPModel", "SiglipModel"), or None."""
+    names = {families.of(config.vision).hf_model, families.of(config.text).hf_model}
+    return names.pop() if len(names) == 1 else None
+
+
+def check_convertible(config: ModelConfig) -> None:
+    """Raise unless both towers' families are ones HF's ``CLIPModel`` holds."""
+    for family in (families.of(config.vision), families.of(config.text)):
+        if family.hf_model != "CLIPModel":
+            raise ValueError(f"HF transformers' CLIPModel has no {family.title} {family.tower} tower: "
+                             "only ViT models with OpenAI's text tower convert to HF")
+
+
 def state_to_hf(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    """OpenAI-layout state_dict of a ViT CLIP → HF ``CLIPModel`` state_dict."""
-    if "visual.proj" not in state:
-        raise ValueError("HF transformers' CLIPModel has no ModifiedResNet image tower: only ViT models convert to HF")
+    """OpenAI-layout state_dict of a ViT CLIP → HF ``CLIPModel`` state_dict (check the config with
+    :func:`check_convertible` first: keys that have no HF name raise a KeyError naming them)."""
     out: dict[str, torch.Tensor] = {}
     for key, value in state.items():
         if key in _TOP:
@@ -67,8 +82,8 @@ def state_to_hf(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     return out
 
 
-def _block_to_hf(key: str, value: torch.Tensor) -> dict[str, torch.Tensor]:
-    for ours, theirs in _TOWERS.items():
+def _block_to_hf(key: str, value: torch.Tensor, towers: dict[str, str] = _TOWERS) -> dict[str, torch.Tensor]:
+    for ours, theirs in towers.items():
         match = re.fullmatch(re.escape(ours) + r"(\d+)\.(.+)", key)
         if match is None:
             continue
@@ -84,7 +99,11 @@ def _block_to_hf(key: str, value: torch.Tensor) -> dict[str, torch.Tensor]:
 
 
 def state_from_hf(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    """HF ``CLIPModel`` state_dict → OpenAI layout (the inverse of ``state_to_hf``)."""
+    """HF ``CLIPModel`` state_dict → OpenAI layout (the inverse of ``state_to_hf``); a SigLIP one → ours."""
+    from clipforge import hf_siglip
+
+    if hf_siglip.is_siglip_state_dict(state):
+        return hf_siglip.state_from_hf(state)
     top = {v: k for k, v in _TOP.items()}
     transposed = {v: k for k, v in _TRANSPOSED.items()}
     block = {v: k for k, v in _BLOCK.items()}
@@ -103,8 +122,9 @@ def state_from_hf(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     return out
 
 
-def _block_from_hf(key: str, value: torch.Tensor, block: dict[str, str], out: dict[str, torch.Tensor]) -> None:
-    for ours, theirs in _TOWERS.items():
+def _block_from_hf(key: str, value: torch.Tensor, block: dict[str, str], out: dict[str, torch.Tensor],
+                   towers: dict[str, str] = _TOWERS) -> None:
+    for ours, theirs in towers.items():
         match = re.fullmatch(re.escape(theirs) + r"(\d+)\.(.+)", key)
         if match is None:
             continue
@@ -117,7 +137,7 @@ def _block_from_hf(key: str, value: torch.Tensor, block: dict[str, str], out: di
         if module in block:
             out[f"{prefix}{block[module]}.{leaf}"] = value
             return
-    raise KeyError(f"unexpected key {key!r} in an HF CLIPModel state_dict")
+    raise KeyError(f"unexpected key {key!r} in an HF state_dict")
 
 
 def _pack_qkv(out: dict[str, Any], attn: str) -> None:
@@ -128,9 +148,8 @@ def _pack_qkv(out: dict[str, Any], attn: str) -> None:
 
 def hf_config_dict(config: ModelConfig, eos_token_id: int | None = None) -> dict[str, Any]:
     """Keyword arguments of ``transformers.CLIPConfig`` for a ViT model config."""
+    check_convertible(config)
     v, t = config.vision, config.text
-    if v.is_resnet:
-        raise ValueError("HF transformers' CLIPModel has no ModifiedResNet image tower: only ViT models convert to HF")
     text = dict(
         vocab_size=t.vocab_size, hidden_size=t.width, intermediate_size=int(t.width * t.mlp_ratio),
         num_hidden_layers=t.layers, num_attention_heads=t.num_heads, max_position_embeddings=t.context_length,
@@ -150,6 +169,13 @@ def hf_config_dict(config: ModelConfig, eos_token_id: int | None = None) -> dict
 
 def config_from_hf(hf: dict[str, Any]) -> ModelConfig:
     """A ``CLIPConfig.to_dict()`` (or an HF ``config.json``) → our ModelConfig. Raises for what we cannot match."""
+    from clipforge import hf_siglip
+
+    if hf.get("model_type", "clip") in hf_siglip.MODEL_TYPES:
+        return hf_siglip.config_from_hf(hf)
+    if hf.get("model_type", "clip") != "clip":
+        raise ValueError(f"HF model_type {hf['model_type']!r} is not supported (expected 'clip' or one of "
+                         f"{hf_siglip.MODEL_TYPES})")
     text, vision = hf["text_config"], hf["vision_config"]
     for part, cfg in (("text", text), ("vision", vision)):
         if cfg.get("hidden_act", "quick_gelu") not in _ACTS:
@@ -181,7 +207,12 @@ def config_from_hf(hf: dict[str, Any]) -> ModelConfig:
 
 
 def to_hf(model: CLIP, eos_token_id: int | None = None):
-    """A ViT ``CLIP`` → an equivalent ``transformers.CLIPModel`` (float32, eval mode)."""
+    """A ViT ``CLIP`` → an equivalent ``transformers.CLIPModel`` (float32, eval mode); a SigLIP model
+    → a ``SiglipModel`` (:func:`clipforge.hf_siglip.to_hf`)."""
+    if hf_model_of(model.config) == "SiglipModel":
+        from clipforge import hf_siglip
+
+        return hf_siglip.to_hf(model)
     from transformers import CLIPConfig, CLIPModel
 
     hf = CLIPModel(CLIPConfig(**hf_config_dict(model.config, eos_token_id)))
@@ -191,7 +222,8 @@ def to_hf(model: CLIP, eos_token_id: int | None = None):
 
 
 def from_hf(hf_model) -> CLIP:
-    """A ``transformers.CLIPModel`` → an equivalent ``CLIP`` (eval mode, the HF model's dtype)."""
+    """A ``transformers.CLIPModel`` (or ``SiglipModel`` / ``Siglip2Model``) → an equivalent ``CLIP``
+    (eval mode, the HF model's dtype)."""
     config = config_from_hf(hf_model.config.to_dict())
     state = state_from_hf({k: v.detach() for k, v in hf_model.state_dict().items()})
     model = CLIP(config).to(next(hf_model.parameters()).dtype)

@@ -1,15 +1,22 @@
-"""Downloading OpenAI's released weights, for online users (nothing else in clipforge downloads models).
+"""Downloading released weights, for online users (nothing else in clipforge downloads models).
 
-The files are OpenAI's TorchScript archives at the URLs of ``clip/clip.py`` (``_MODELS``); each URL
-embeds the file's SHA-256, which is checked after the download. A file goes to a temporary name in the
-cache directory and is renamed into place only once its checksum matches, so an interrupted or
-corrupted download never leaves a file that looks complete.
+* OpenAI's TorchScript archives at the URLs of ``clip/clip.py`` (``_MODELS``): each URL embeds the
+  file's SHA-256, which is checked after the download. A file goes to a temporary name in the cache
+  directory and is renamed into place only once its checksum matches, so an interrupted or corrupted
+  download never leaves a file that looks complete.
+* Hugging Face Hub repositories (``hf-hub:ORG/NAME``, and the pretrained tags of ``zoo.pretrained``),
+  through ``huggingface_hub`` (the ``hub`` extra) into its cache layout under ``cache_dir()/huggingface``:
+  the repository's JSON configs first, then the one weight file its layout (``clipforge.layouts``)
+  prefers. huggingface_hub resumes an interrupted download; a weight file the Hub stores with a
+  SHA-256 (Git LFS: the cache names the file by it) is checked once it has arrived.
 """
 
 from __future__ import annotations
 
 import hashlib
+import json
 import os
+import re
 import tempfile
 import urllib.error
 import urllib.request
@@ -17,6 +24,7 @@ from pathlib import Path
 
 from tqdm import tqdm
 
+from clipforge import layouts
 from clipforge.paths import cache_dir
 from clipforge.registry import OPENAI_MODELS, canonical_name
 
@@ -35,6 +43,8 @@ OPENAI_URLS: dict[str, str] = {
 }
 assert tuple(OPENAI_URLS) == OPENAI_MODELS
 _CHUNK = 1 << 20
+HUB_PREFIX = "hf-hub:"
+_SHA256 = re.compile(r"[0-9a-f]{64}")
 
 
 class DownloadError(RuntimeError):
@@ -106,3 +116,82 @@ def sha256_of(path: str | os.PathLike) -> str:
         for block in iter(lambda: f.read(_CHUNK), b""):
             digest.update(block)
     return digest.hexdigest()
+
+
+# ---- the Hugging Face Hub --------------------------------------------------------------------------
+
+def hub_cache(root: str | os.PathLike | None = None) -> Path:
+    """huggingface_hub's cache directory for clipforge's downloads: ``root``, else ``cache_dir()/huggingface``."""
+    return Path(root) if root is not None else cache_dir() / "huggingface"
+
+
+def download_hub(repo_id: str, root: str | os.PathLike | None = None, filenames: tuple[str, ...] | None = None) -> Path:
+    """The local path of a Hub repository's weight file (in its snapshot directory, beside the
+    repository's JSON configs and SentencePiece models, which are small and hold the tokenizer),
+    downloading what is missing: the first of ``filenames`` the repository has, by default of the
+    weight files its layout names. Offline (``HF_HUB_OFFLINE=1``) only the cache is read."""
+    hf = _huggingface_hub()
+    cache, offline = str(hub_cache(root)), _offline()
+    try:
+        snapshot = Path(hf.snapshot_download(repo_id, cache_dir=cache, allow_patterns=["*.json", "*.model"],
+                                             local_files_only=offline))
+    except (hf.errors.EntryNotFoundError, hf.errors.HfHubHTTPError, OSError, ValueError) as err:
+        raise DownloadError(f"{HUB_PREFIX}{repo_id}: could not fetch the repository ({type(err).__name__}: {err})"
+                            + (" (offline: HF_HUB_OFFLINE is set and it is not in the cache)" if offline else "")) from err
+    names = filenames or layouts.of(snapshot).weights
+    for name in names:
+        path = snapshot / name
+        if not path.is_file():
+            try:
+                path = Path(hf.hf_hub_download(repo_id, name, revision=snapshot.name, cache_dir=cache,
+                                               local_files_only=offline))
+            except hf.errors.EntryNotFoundError:  # not in the repository (or, offline, not in the cache)
+                continue
+            except (hf.errors.HfHubHTTPError, OSError) as err:
+                raise DownloadError(f"{HUB_PREFIX}{repo_id}/{name}: download failed ({err}); run again to resume") from err
+            verify_blob(path)
+        if name.endswith(".index.json"):  # sharded safetensors: fetch each shard the index names
+            for shard in sorted(set(json.loads(path.read_text())["weight_map"].values())):
+                download_hub(repo_id, root, (shard,))
+        return path
+    where = "in the cache (HF_HUB_OFFLINE is set)" if offline else "in the repository"
+    raise DownloadError(f"{HUB_PREFIX}{repo_id}: none of {', '.join(names)} {where}")
+
+
+def verify_blob(path: str | os.PathLike) -> None:
+    """Check a file from huggingface_hub's cache against the SHA-256 its blob is named by (Git LFS
+    files; small Git files are named by their Git hash, which this leaves alone). A mismatch removes
+    the blob, so the next call downloads it again."""
+    blob = Path(os.path.realpath(path))
+    if _SHA256.fullmatch(blob.name) and (digest := sha256_of(blob)) != blob.name:
+        blob.unlink()
+        raise DownloadError(f"{path}: SHA-256 {digest}, but the Hub published {blob.name}; removed, download it again")
+
+
+def download_pretrained(entry, root: str | os.PathLike | None = None) -> Path:
+    """The weight file of a pretrained tag (a ``zoo.pretrained.Pretrained``) from its ``source``:
+    OpenAI's checksummed URL, or its Hub repository ("ORG/NAME", or "ORG/NAME/FILE" naming the file)."""
+    if entry.source in OPENAI_URLS.values():
+        return download(entry.source, root)
+    if entry.source.startswith(HUB_PREFIX):  # open_clip's layout, whatever else the repository holds (timm's copy)
+        parts = entry.source[len(HUB_PREFIX):].split("/")
+        return download_hub("/".join(parts[:2]), root, ("/".join(parts[2:]),) if parts[2:] else layouts.OPEN_CLIP.weights)
+    raise DownloadError(
+        f"{entry.model} {entry.tag!r} is not on the Hugging Face Hub under its own name; its weights were released at "
+        f"{entry.url}. Download that file and load it: clipforge.load(PATH, model={entry.model!r})"
+    )
+
+
+def _offline() -> bool:
+    flag = os.environ.get("HF_HUB_OFFLINE") or os.environ.get("TRANSFORMERS_OFFLINE") or ""
+    return flag.strip().lower() in ("1", "true", "yes", "on")
+
+
+def _huggingface_hub():
+    try:
+        import huggingface_hub
+        import huggingface_hub.errors  # noqa: F401
+    except ImportError as err:
+        raise DownloadError("downloading from the Hugging Face Hub needs huggingface_hub: "
+                            "pip install 'clipforge[hub]'") from err
+    return huggingface_hub

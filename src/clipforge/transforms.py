@@ -3,7 +3,8 @@
 The eval transform reproduces OpenAI's exactly: resize the shorter side with PIL bicubic, center
 crop, convert to RGB, scale to [0, 1], normalize. The conversion to RGB comes after the resize, as
 in OpenAI's and open_clip's pipelines; it matters for palette images, which PIL resizes with
-nearest-neighbour sampling.
+nearest-neighbour sampling. Weights trained otherwise say so in their config's ``preprocess``
+(statistics, "squash" resizing to the square without a crop, bilinear sampling): ``preprocess_for``.
 """
 
 from __future__ import annotations
@@ -16,12 +17,14 @@ import numpy as np
 import torch
 from PIL import Image
 
-# Dataset statistics OpenAI used for all released models.
-OPENAI_MEAN = (0.48145466, 0.4578275, 0.40821073)
-OPENAI_STD = (0.26862954, 0.26130258, 0.27577711)
+from clipforge.config import OPENAI_MEAN, OPENAI_STD, ModelConfig, PreprocessConfig
+
+_RESAMPLING = {"bicubic": Image.Resampling.BICUBIC, "bilinear": Image.Resampling.BILINEAR}
+RESIZE_MODES = ("shortest", "squash")
+RGB_MODES = ("last", "first_white")
 
 
-def resize_shorter(image: Image.Image, size: int) -> Image.Image:
+def resize_shorter(image: Image.Image, size: int, resample: Image.Resampling = Image.Resampling.BICUBIC) -> Image.Image:
     """Resize so the shorter side is ``size`` (longer side truncated, as torchvision's Resize(int))."""
     w, h = image.size
     short, long = (w, h) if w <= h else (h, w)
@@ -29,7 +32,7 @@ def resize_shorter(image: Image.Image, size: int) -> Image.Image:
         return image
     new_short, new_long = size, int(size * long / short)
     new_w, new_h = (new_short, new_long) if w <= h else (new_long, new_short)
-    return image.resize((new_w, new_h), Image.Resampling.BICUBIC)
+    return image.resize((new_w, new_h), resample)
 
 
 def center_crop(image: Image.Image, size: int) -> Image.Image:
@@ -44,6 +47,14 @@ def center_crop(image: Image.Image, size: int) -> Image.Image:
     return image.crop((left, top, left + size, top + size))
 
 
+def rgb_on_white(image: Image.Image) -> Image.Image:
+    """RGB with any transparency composited on white (transformers' ``convert_to_rgb``)."""
+    if "A" not in image.getbands() and image.info.get("transparency") is None:
+        return image.convert("RGB")
+    rgba = image.convert("RGBA")
+    return Image.alpha_composite(Image.new("RGBA", rgba.size, (255, 255, 255, 255)), rgba).convert("RGB")
+
+
 def to_tensor(image: Image.Image, mean=OPENAI_MEAN, std=OPENAI_STD) -> torch.Tensor:
     """PIL RGB image → normalized float tensor [3, H, W]."""
     array = np.asarray(image.convert("RGB"), dtype=np.float32) / 255.0  # [H, W, 3]
@@ -52,18 +63,36 @@ def to_tensor(image: Image.Image, mean=OPENAI_MEAN, std=OPENAI_STD) -> torch.Ten
 
 
 class EvalTransform:
-    """OpenAI's eval transform: PIL image → FloatTensor [3, size, size]."""
+    """The eval transform (OpenAI's by default): PIL image → FloatTensor [3, size, size].
 
-    def __init__(self, image_size: int, mean=OPENAI_MEAN, std=OPENAI_STD):
+    ``resize`` "shortest": shorter side to ``size``, then center crop; "squash": both sides to ``size``.
+    ``to_rgb``: "last" (PIL's conversion after the resize) or "first_white" (see ``PreprocessConfig``).
+    """
+
+    def __init__(self, image_size: int, mean=OPENAI_MEAN, std=OPENAI_STD, resize: str = "shortest",
+                 interpolation: str = "bicubic", to_rgb: str = "last"):
         _check_size(image_size)
+        if resize not in RESIZE_MODES:
+            raise ValueError(f"resize mode {resize!r}: expected one of {RESIZE_MODES}")
+        if interpolation not in _RESAMPLING:
+            raise ValueError(f"interpolation {interpolation!r}: expected one of {tuple(_RESAMPLING)}")
+        if to_rgb not in RGB_MODES:
+            raise ValueError(f"to_rgb {to_rgb!r}: expected one of {RGB_MODES}")
         self.image_size, self.mean, self.std = image_size, mean, std
+        self.resize, self.interpolation, self.to_rgb = resize, interpolation, to_rgb
 
     def __call__(self, image: Image.Image) -> torch.Tensor:
-        image = center_crop(resize_shorter(image, self.image_size), self.image_size)
+        size, resample = self.image_size, _RESAMPLING[self.interpolation]
+        if self.to_rgb == "first_white":
+            image = rgb_on_white(image)
+        if self.resize == "squash":
+            image = image if image.size == (size, size) else image.resize((size, size), resample)
+        else:
+            image = center_crop(resize_shorter(image, size, resample), size)
         return to_tensor(image, self.mean, self.std)
 
     def __repr__(self) -> str:
-        return f"EvalTransform(image_size={self.image_size})"
+        return f"EvalTransform(image_size={self.image_size}, resize={self.resize!r}, interpolation={self.interpolation!r})"
 
 
 class TrainTransform:
@@ -106,3 +135,9 @@ def eval_transform(image_size: int, mean=OPENAI_MEAN, std=OPENAI_STD) -> Callabl
 
 def train_transform(image_size: int, scale: tuple[float, float] = (0.9, 1.0), mean=OPENAI_MEAN, std=OPENAI_STD):
     return TrainTransform(image_size, scale, mean, std)
+
+
+def preprocess_for(config: ModelConfig, image_size: int | None = None) -> EvalTransform:
+    """The eval transform the model's weights expect (its config's ``preprocess``)."""
+    p: PreprocessConfig = config.preprocess
+    return EvalTransform(image_size or config.vision.image_size, p.mean, p.std, p.resize, p.interpolation, p.to_rgb)

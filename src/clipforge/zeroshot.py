@@ -189,10 +189,10 @@ def default_cache_dir() -> Path:
 
 
 def text_tower_fingerprint(model: Any) -> str:
-    """SHA-256 of the tensors a head depends on: all but the image tower and the logit scale."""
+    """SHA-256 of the tensors a head depends on: all but the image tower and the logit scale (and bias)."""
     digest = hashlib.sha256()
     for name, tensor in sorted(model.state_dict().items()):
-        if name.startswith("visual.") or name == "logit_scale":  # neither changes a head
+        if name.startswith("visual.") or name in ("logit_scale", "logit_bias"):  # none changes a head
             continue
         t = tensor.detach().cpu().contiguous()
         digest.update(f"{name}:{t.dtype}:{tuple(t.shape)};".encode())

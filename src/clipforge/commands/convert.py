@@ -3,7 +3,8 @@
 SRC is any checkpoint clipforge reads (OpenAI TorchScript or state_dict, open_clip, safetensors, an HF
 ``save_pretrained`` directory, our directory) or an OpenAI model name (downloaded). Targets:
 - ``clipforge``: our directory (model.safetensors, config.json, tokenizer files when known);
-- ``hf``: a transformers ``save_pretrained`` directory of a ``CLIPModel`` (ViT models only);
+- ``hf``: a transformers ``save_pretrained`` directory of a ``CLIPModel`` (ViT models) or a ``SiglipModel``
+  (SigLIP models, with their tokenizer files);
 - ``openai``: a safetensors file with OpenAI's state_dict keys (what ``clip.model.build_model`` takes).
 """
 
@@ -53,12 +54,17 @@ def _write(model, src: Path, target: str, out: Path) -> Path:
         return save_directory(model, out, tokenizer)
     if target == "hf":
         try:
-            from clipforge.hf import to_hf
+            from clipforge.hf import hf_model_of, to_hf
 
             hf = to_hf(model)
         except ImportError as err:
             raise ImportError(f"--to hf needs transformers: pip install 'clipforge[hf]' ({err})") from err
         hf.save_pretrained(out)
+        if hf_model_of(model.config) == "SiglipModel":  # transformers' SigLIP folders hold the tokenizer's files too
+            try:
+                tokenizer_for(src, model.config).save(out)
+            except CheckpointError as err:
+                print(f"note: no tokenizer files written ({err})", file=sys.stderr)
         return out
     file = out / "model.safetensors" if out.is_dir() else out
     if model.config.text.act != "quick_gelu":

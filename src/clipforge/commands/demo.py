@@ -140,6 +140,7 @@ def evaluate(model_dir: Path, world_dir: Path, report_dir: Path, suite: str | No
 
     print(f"[3/4] evaluation suite on {world_dir / 'eval'}")
     model, preprocess, tokenizer = clipforge.load(model_dir)
+    model = clipforge.optimize_for_inference(model, inplace=True)
     return run_suite(model, preprocess, tokenizer, world_dir, report_dir, suite, EvalConfig(progress=False),
                      model_name="clipforge demo")
 

@@ -9,6 +9,12 @@
 - :mod:`~clipforge.data.decode`: safe image/caption decoding; :mod:`~clipforge.data.report`: the
   bad-data report and error budget; :mod:`~clipforge.data.check`: scan a dataset.
 - :mod:`~clipforge.data.convert`: CSV/folder -> shards; :mod:`~clipforge.data.cli`: ``clipforge data``.
+- Curation (``clipforge data queries|curate|download``): :mod:`~clipforge.data.queries` (query lists,
+  the whole-word matcher), :mod:`~clipforge.data.pool` (reading pools), :mod:`~clipforge.data.curate`
+  (scan, select, write; :mod:`~clipforge.data.curate_scan`, :mod:`~clipforge.data.curate_output`),
+  :mod:`~clipforge.data.balance` (the selection rule), :mod:`~clipforge.data.curate_spark` (the same on
+  Spark), :mod:`~clipforge.data.image_filters` (CLIP score, decontamination),
+  :mod:`~clipforge.data.download` (img2dataset).
 
 Submodules are imported on use. The synthetic world's modules need only numpy and Pillow (no
 torch), so its worker processes stay small.

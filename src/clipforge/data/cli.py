@@ -1,8 +1,9 @@
-"""``clipforge data <synth|convert|check>``: the data pipeline's command line.
+"""``clipforge data <synth|convert|check|queries|curate|download>``: the data pipeline's command line.
 
     clipforge data synth --out data/world --num-train 20000 --workers 2
     clipforge data convert --csv pairs.csv --out data/shards       (or --folder DIR)
     clipforge data check 'data/shards/{00000..00009}.tar' --report bad.json --write-sizes
+    clipforge data queries | curate | download      (see clipforge.data.curate_cli)
 """
 
 from __future__ import annotations
@@ -14,7 +15,9 @@ from pathlib import Path
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    sub = parser.add_subparsers(dest="data_command", metavar="<synth|convert|check>")
+    from clipforge.data import curate_cli
+
+    sub = parser.add_subparsers(dest="data_command", metavar="<synth|convert|check|queries|curate|download>")
     sub.required = True
     p = sub.add_parser("synth", help="render the synthetic shapes world (train/val shards, eval sets)")
     p.add_argument("--out", required=True, help="output folder")
@@ -44,9 +47,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     p.add_argument("--write-sizes", action="store_true", help="write sizes.json beside local shards")
     p.add_argument("--max-pixels", type=int, default=40_000_000)
     p.add_argument("--error-budget", type=float, default=0.01, help="exit 1 above this bad fraction")
+    curate_cli.add_parsers(sub)
 
 
 def run(args: argparse.Namespace) -> int:
+    if args.data_command in ("queries", "curate", "download"):
+        from clipforge.data import curate_cli
+
+        return curate_cli.run(args)
     return {"synth": _synth, "convert": _convert, "check": _check}[args.data_command](args)
 
 

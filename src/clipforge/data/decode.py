@@ -39,6 +39,7 @@ REASONS = (
     "duplicate_key",
     "truncated_shard",
     "transform_error",
+    "bad_label",
 )
 
 IMAGE_EXTS = ("jpg", "jpeg", "png", "webp", "gif", "bmp", "tif", "tiff")

@@ -30,8 +30,9 @@ and reported by key; a shard that breaks off is a shard error, the samples befor
 kept and the count file's remainder is ``lost`` (:mod:`clipforge.data.report`). When skipped +
 lost exceed ``error_budget`` of the samples the epoch reads (a worker checks this per item against
 its rank's whole epoch, so the check never fires early), iteration raises
-:class:`~clipforge.data.report.ErrorBudgetExceeded` naming the worst shard. The JSON report is
-written at the end of every epoch and on any stop (``report`` path; one file per rank).
+:class:`~clipforge.data.report.ErrorBudgetExceeded` naming the worst shard so far. The JSON report
+(``report`` path; one file per rank) is written at the end of every epoch and on any stop, and
+whenever :meth:`ShardLoader.write_report` is called (the trainer does at every checkpoint).
 
 Transforms: ``transform(image)`` (eval) or ``transform(image, rng)`` (train; ``rng`` a
 ``numpy.random.Generator``), told apart by a parameter named ``rng`` (or ``generator``). The tokenizer is any callable
@@ -52,6 +53,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
+from clipforge.data.class_captions import caption_from_label, caption_rng, load_class_captions
 from clipforge.data.decode import CAPTION_EXTS, IMAGE_EXTS, BadSample, DecodeConfig, decode_caption, decode_image, pick
 from clipforge.data.report import DataReport, ErrorBudgetExceeded
 from clipforge.data.sharding import EpochPlan, plan_epoch, slot_events
@@ -65,13 +67,21 @@ Tokenizer = Callable[[list[str]], torch.Tensor]
 class DataConfig:
     """Where the data is and how to batch it.
 
+    Data order: the shards are split over ``world_size x max(1, workers)`` slots, each reading
+    its own seeded stream, so the order in which samples arrive (hence each step's batch) depends
+    on the number of ranks and of data workers. A given configuration always gives the same
+    order, in every run and after every resume; another number of ranks or workers gives another.
+
     shards: spec (brace-expanded, ``::``-joined) or list of URLs; a .csv/.tsv; or a folder.
     source: ``auto`` | ``wds`` | ``csv`` | ``folder``.
     workers: DataLoader worker processes per rank (0: load in the main process).
     epoch_size: samples per epoch over all ranks (default: the shards' counts).
     resampled: draw shards with replacement (needs epoch_size or counts).
     error_budget: fraction of bad samples above which the run stops.
-    report: JSON report path (``.rank{r}`` inserted before the suffix when world_size > 1).
+    report: JSON report path (``.rank{r}`` inserted before the suffix when world_size > 1); the
+        trainer's default is ``<run.out>/data_report.json``.
+    classnames / class_templates: captions for ``.cls`` samples without one (default: classnames.txt
+        and its templates file beside the shards; :mod:`clipforge.data.class_captions`).
     """
 
     shards: str | tuple[str, ...] | list[str] = ""
@@ -86,6 +96,8 @@ class DataConfig:
     report: str | None = None
     decode: DecodeConfig = DecodeConfig()
     csv_columns: tuple[str, str] | None = None
+    classnames: str | None = None
+    class_templates: str | None = None
 
 
 @dataclass
@@ -189,6 +201,7 @@ class _SlotDataset(IterableDataset):
         if self.decode.image_size is None and isinstance(size, int):
             self.decode = replace(self.decode, image_size=size)  # enables draft decoding of big JPEGs
         self.with_rng = _takes_rng(transform)
+        self.class_captions = load_class_captions(config.classnames, config.class_templates, [s.url for s in shards])
         self.start: _Start | None = None
         self.last_error = ""
 
@@ -246,7 +259,7 @@ class _SlotDataset(IterableDataset):
         _, image_value = pick(item.files, IMAGE_EXTS)
         if image_value is None:
             raise BadSample("missing_image")
-        caption = decode_caption(load_bytes(pick(item.files, CAPTION_EXTS)[1]))  # cheap checks first
+        caption = self._caption(item, pass_index)  # cheap checks first
         data = load_bytes(image_value)
         if data is None:
             raise BadSample("missing_image", "file not found")
@@ -258,6 +271,14 @@ class _SlotDataset(IterableDataset):
             return self.transform(image), caption
         except Exception as exc:  # a transform failing on one odd image must not stop the run
             raise BadSample("transform_error", f"{type(exc).__name__}: {exc}") from None
+
+    def _caption(self, item: RawSample, pass_index: int) -> str:
+        """The sample's caption, or one made from its ``.cls`` label (:mod:`clipforge.data.class_captions`)."""
+        value = pick(item.files, CAPTION_EXTS)[1]
+        if value is not None or "cls" not in item.files:
+            return decode_caption(load_bytes(value))
+        rng = caption_rng(self.config.seed, self.start.plan.epoch, item.shard, item.key, pass_index)
+        return caption_from_label(self.class_captions, load_bytes(item.files["cls"]), rng)
 
 
 class ShardLoader:
@@ -281,7 +302,7 @@ class ShardLoader:
     def _reset(self, epoch: int) -> None:
         """Position at the start of ``epoch``: batches delivered, raw items consumed per worker."""
         self.epoch, self._batches, self._consumed = epoch, 0, [0] * self.workers
-        self.report = DataReport()
+        self.report = DataReport(epoch=epoch)
         self._restored = False
 
     # -- epochs and sizes -------------------------------------------------------------------
@@ -339,7 +360,7 @@ class ShardLoader:
                 yield batch
             self.report.check_budget(self.config.error_budget, None)
         finally:
-            self._write_report()  # also when stopped by the budget, a worker error or the caller
+            self.write_report()  # also when stopped by the budget, a worker error or the caller
 
     def report_path(self) -> Path | None:
         if not self.config.report:
@@ -347,10 +368,12 @@ class ShardLoader:
         path = Path(self.config.report)
         return path.with_name(f"{path.stem}.rank{self.rank}{path.suffix}") if self.world_size > 1 else path
 
-    def _write_report(self) -> None:
+    def write_report(self) -> Path | None:
+        """Write this rank's report of the epoch so far (atomically); returns the path, if configured."""
         path = self.report_path()
         if path is not None:
             self.report.write(path)
+        return path
 
     # -- state ----------------------------------------------------------------------------
 

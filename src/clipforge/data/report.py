@@ -3,6 +3,7 @@
 JSON layout (stable; the training and evaluation issues read it)::
 
     {
+      "epoch": 0,              # the epoch counted (set by the training loader; null elsewhere)
       "seen": 9990,            # samples delivered to training (first pass; padding excluded)
       "skipped": 8,            # bad samples skipped; seen + skipped = samples read
       "lost": 2,               # samples a broken shard's count file promised but could not be read
@@ -23,15 +24,16 @@ from __future__ import annotations
 import json
 import os
 from dataclasses import asdict, dataclass, field
-from pathlib import Path
 
 from clipforge.data.sources import ShardFailure
+from clipforge.paths import atomic_write
 
 MAX_LISTED = 10_000  # samples listed by key; counts stay exact beyond this
+MAX_SHARDS_NAMED = 20  # shards the error-budget message lists by count (worst first)
 
 
 class ErrorBudgetExceeded(RuntimeError):
-    """Too many bad samples: the run stops and names the worst shard."""
+    """Too many bad samples: the run stops, naming the worst shard so far and each shard's count."""
 
 
 @dataclass
@@ -40,6 +42,7 @@ class DataReport:
 
     seen: int = 0
     skipped: int = 0
+    epoch: int | None = None
     lost: int = 0
     padded: int = 0
     by_reason: dict[str, int] = field(default_factory=dict)
@@ -75,29 +78,37 @@ class DataReport:
     def errors(self) -> int:
         return self.skipped + self.lost
 
-    def worst_shard(self) -> tuple[str, int] | None:
-        """(shard, skipped + lost) of the shard with the most errors."""
+    def errors_by_shard(self) -> dict[str, int]:
+        """skipped + lost per shard, for the shards that had any."""
         per = dict(self.skipped_by_shard)
         for err in self.shard_errors:
             lost = max(0, (err["expected"] or 0) - err["samples_read"])
             per[err["shard"]] = per.get(err["shard"], 0) + lost
-        if not per:
-            return None
-        return max(per.items(), key=lambda kv: (kv[1], kv[0]))
+        return {shard: n for shard, n in per.items() if n}
+
+    def worst_shard(self) -> tuple[str, int] | None:
+        """(shard, skipped + lost) of the shard with the most errors."""
+        per = self.errors_by_shard()
+        return max(per.items(), key=lambda kv: (kv[1], kv[0])) if per else None
 
     def check_budget(self, budget: float, expected: int | None = None) -> None:
         """Raise :class:`ErrorBudgetExceeded` when errors exceed ``budget`` of the samples.
 
         ``expected`` is the number of samples the epoch will read: with it the check fires as soon
-        as the whole epoch's budget is spent (it can never fire early, whatever the order).
+        as the whole epoch's budget is spent (it can never fire early, whatever the order). The
+        message can only speak of the samples read so far (this rank, up to the stop).
         """
         total = max(expected or 0, self.seen + self.errors)
         if self.errors > budget * total:
-            shard, n = self.worst_shard() or ("?", 0)
+            per = sorted(self.errors_by_shard().items(), key=lambda kv: (-kv[1], kv[0]))
+            listed = ", ".join(f"{shard}={n}" for shard, n in per[:MAX_SHARDS_NAMED])
+            more = f" and {len(per) - MAX_SHARDS_NAMED} more shards" if len(per) > MAX_SHARDS_NAMED else ""
+            worst = f"{per[0][0]} ({per[0][1]} errors)" if per else "?"
             reasons = ", ".join(f"{r}={n}" for r, n in sorted(self.by_reason.items()))
             raise ErrorBudgetExceeded(
                 f"{self.errors} bad samples out of {total} exceed the error budget of {budget:.2%}; "
-                f"worst shard: {shard} ({n} errors); reasons: {reasons or 'shard errors'}"
+                f"worst shard so far: {worst}; errors per shard so far: {listed or 'none'}{more}; "
+                f"reasons: {reasons or 'shard errors'}"
             )
 
     def to_dict(self) -> dict:
@@ -110,11 +121,7 @@ class DataReport:
 
     def write(self, path: str | os.PathLike) -> None:
         """Write the JSON report atomically (a reader never sees half a file)."""
-        path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_suffix(path.suffix + ".tmp")
-        tmp.write_text(json.dumps(self.to_dict(), indent=1))
-        os.replace(tmp, path)
+        atomic_write(path, json.dumps(self.to_dict(), indent=1))
 
 
 def merge_reports(reports: list[dict | DataReport]) -> DataReport:

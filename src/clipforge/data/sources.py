@@ -219,12 +219,7 @@ def count_tar_samples(path: str) -> int:
     n, key, exts = 0, None, set()
     try:
         with tarfile.open(path, "r:*") as tar:
-            for info in tar:
-                if not info.isreg():
-                    continue
-                k, ext = split_key(info.name)
-                if k is None:
-                    continue
+            for info, k, ext in keyed_members(tar):
                 if k != key or ext in exts:
                     n, key, exts = n + 1, k, set()
                 exts.add(ext)
@@ -268,6 +263,15 @@ def split_key(name: str) -> tuple[str | None, str]:
     """
     match = _KEY_EXT.match(name)
     return (match.group(1), match.group(2).lower()) if match else (None, "")
+
+
+def keyed_members(tar: tarfile.TarFile) -> Iterator[tuple[tarfile.TarInfo, str, str]]:
+    """(member, sample key, extension) of a tar's regular files that have a key, in stored order."""
+    for info in tar:
+        if info.isreg():
+            key, ext = split_key(info.name)
+            if key is not None:
+                yield info, key, ext
 
 
 def iter_shard(ref: ShardRef) -> Iterator[RawSample | ShardFailure]:

@@ -3,6 +3,11 @@
 - :func:`run_suite`: every protocol over a data root → report.json, report.md, plots, a dict.
 - :func:`zero_shot_accuracy`: a light zero-shot check (for periodic evaluation during training).
 - :mod:`clipforge.eval.metrics`: the pure metric functions.
+- Sets: :mod:`~clipforge.eval.layout` (formats, discovery), :mod:`~clipforge.eval.wds` (CLIP_benchmark's
+  webdataset layout), :mod:`~clipforge.eval.fetch` (remote sets), :mod:`~clipforge.eval.dataset_zoo` and
+  :mod:`~clipforge.eval.named` (datasets by name, the paper's prompts); protocols in
+  :mod:`~clipforge.eval.protocols`; results in CLIP_benchmark's schema in :mod:`~clipforge.eval.cb_results`;
+  the models × datasets grid in :mod:`~clipforge.eval.benchmark`.
 
 scikit-learn (linear probes), scipy (the overlap binomial test) and matplotlib (plots) are imported
 only where used: the ``eval`` extra.

@@ -18,7 +18,7 @@ from __future__ import annotations
 import csv
 import json
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
@@ -36,17 +36,48 @@ CAPTION_COLUMNS = ("caption", "text", "title", "txt", "description")
 
 
 @dataclass(frozen=True)
+class ShardMember:
+    """One image stored in a local tar file: ``size`` bytes at ``offset`` (read without tarfile)."""
+
+    shard: str
+    offset: int
+    size: int
+    key: str
+
+    def read(self) -> bytes:
+        with open(self.shard, "rb") as f:
+            f.seek(self.offset)
+            data = f.read(self.size)
+        if len(data) != self.size:
+            raise OSError(f"{self.shard}: member {self.key} is cut off ({len(data)} of {self.size} bytes)")
+        return data
+
+    def __str__(self) -> str:
+        return f"{self.shard}:{self.key}"
+
+
+@dataclass(frozen=True)
 class ClassificationSet:
-    """Images with integer labels into ``classnames`` (prompt-ready names, label order)."""
+    """Images (files or shard members) with labels into ``classnames`` (prompt-ready names, label
+    order): ``labels`` [N] int64, or [N, C] 0/1 for a multi-label set."""
 
     name: str
     root: Path
     classnames: tuple[str, ...]
-    paths: tuple[Path, ...]
-    labels: np.ndarray  # [N] int64
+    paths: tuple[Path | ShardMember, ...]
+    labels: np.ndarray  # [N] int64, or [N, C] for multi-label sets
+    skipped: tuple[dict, ...] = ()  # samples left out while reading the set: {"shard"/"image", "key", "reason"}
 
     def __len__(self) -> int:
         return len(self.paths)
+
+    @property
+    def multilabel(self) -> bool:
+        return self.labels.ndim == 2
+
+    def subset(self, rows: np.ndarray) -> "ClassificationSet":
+        """The set restricted to positions ``rows`` (e.g. the images that could be read)."""
+        return replace(self, paths=tuple(self.paths[i] for i in rows), labels=self.labels[rows])
 
 
 @dataclass(frozen=True)
@@ -55,9 +86,19 @@ class RetrievalSet:
 
     name: str
     root: Path
-    paths: tuple[Path, ...]
+    paths: tuple[Path | ShardMember, ...]
     captions: tuple[str, ...]
     caption_image: np.ndarray  # [T] int64
+    skipped: tuple[dict, ...] = ()
+
+    def subset(self, rows: np.ndarray) -> "RetrievalSet":
+        """Only the images at ``rows`` and their captions (caption indices renumbered)."""
+        new_index = np.full(len(self.paths), -1, dtype=np.int64)
+        new_index[rows] = np.arange(len(rows))
+        keep = new_index[self.caption_image] >= 0
+        captions = tuple(c for c, k in zip(self.captions, keep) if k)
+        return replace(self, paths=tuple(self.paths[i] for i in rows), captions=captions,
+                       caption_image=new_index[self.caption_image[keep]])
 
 
 def is_image(path: Path) -> bool:
@@ -187,59 +228,123 @@ class ImageFeatures:
     """``embeddings`` [N, D]: ``encode_image`` outputs (float32, unnormalized). ``pre_projection``
     [N, W]: the ViT's class token after ``ln_post`` and before ``proj`` (the paper's linear-probe
     features, Appendix A.3); for other towers the embeddings themselves. ``thumbnails`` [N, 192]:
-    the preprocessed images average-pooled to 8×8 (a pixel-level descriptor for copy detection)."""
+    the preprocessed images average-pooled to 8×8 (a pixel-level descriptor for copy detection).
+
+    ``kept`` [N]: the input positions the rows belong to, when images were skipped (None: all
+    were encoded, in order); ``skipped``: one ``{"index", "image", "reason"}`` per skipped image."""
 
     embeddings: torch.Tensor
     pre_projection: torch.Tensor
     thumbnails: torch.Tensor | None = None
+    kept: np.ndarray | None = None
+    skipped: tuple[dict, ...] = ()
+
+
+def _read_image(item: Path | ShardMember | str) -> Image.Image:
+    """Open and fully decode one image (a file or a member of a local tar)."""
+    if isinstance(item, ShardMember):
+        from clipforge.data.decode import DecodeConfig, decode_image
+
+        return decode_image(item.read(), DecodeConfig(draft=False))  # size-checked from the header first
+    with Image.open(item) as image:
+        image.load()
+        return image.copy() if image.mode == "RGB" else image.convert("RGB")
 
 
 class _ImageFiles(Dataset):
-    def __init__(self, paths: Sequence[Path], preprocess: Callable[[Image.Image], torch.Tensor]):
+    """Image files or shard members → ``(index, tensor)``, or ``(index, reason)`` when unreadable."""
+
+    def __init__(self, paths: Sequence[Path | ShardMember], preprocess: Callable[[Image.Image], torch.Tensor]):
         self.paths, self.preprocess = list(paths), preprocess
 
     def __len__(self) -> int:
         return len(self.paths)
 
-    def __getitem__(self, index: int) -> torch.Tensor:
-        path = self.paths[index]
+    def __getitem__(self, index: int) -> tuple[int, torch.Tensor | str]:
+        from clipforge.data.decode import BadSample
+
         try:
-            with Image.open(path) as image:
-                image.load()
-                return self.preprocess(image)
-        except OSError as err:
-            raise ValueError(f"cannot read image {path}: {err}") from err
+            return index, self.preprocess(_read_image(self.paths[index]))
+        except BadSample as bad:
+            return index, bad.reason
+        except FileNotFoundError:
+            return index, "missing_image"
+        except (OSError, ValueError, SyntaxError, EOFError, Image.DecompressionBombError) as err:
+            return index, f"corrupt_image: {err}"
+
+
+class _Tensors(Dataset):
+    """A Dataset of preprocessed tensors, with its positions (for the shared collate)."""
+
+    def __init__(self, dataset: Dataset):
+        self.dataset = dataset
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def __getitem__(self, index: int) -> tuple[int, torch.Tensor]:
+        return index, self.dataset[index]
+
+
+def _collate(items: list[tuple[int, torch.Tensor | str]]) -> tuple[torch.Tensor, torch.Tensor | None, list]:
+    """(positions of the good images [B'], their tensors [B', 3, S, S] or None, [(position, reason)])."""
+    good = [(i, x) for i, x in items if isinstance(x, torch.Tensor)]
+    bad = [(i, x) for i, x in items if not isinstance(x, torch.Tensor)]
+    images = torch.stack([x for _, x in good]) if good else None
+    return torch.tensor([i for i, _ in good], dtype=torch.long), images, bad
+
+
+def _probe_module(model: Any):
+    """The module whose output is the image representation before the projection (its family says),
+    or None (the projected features are used)."""
+    config = getattr(model, "config", None)
+    if config is None or not hasattr(model, "visual"):
+        return None
+    from clipforge import families
+
+    return families.of(config.vision).probe_module(model.visual)
 
 
 def encode_images(
     model: Any,
     preprocess: Callable[[Image.Image], torch.Tensor],
-    images: Sequence[Path] | Dataset,
+    images: Sequence[Path | ShardMember] | Dataset,
     *,
     batch_size: int = 256,
     num_workers: int = 0,
     progress: bool = True,
     desc: str = "images",
 ) -> ImageFeatures:
-    """Encode image files (or a Dataset of preprocessed [3, S, S] tensors) in batches, with progress."""
+    """Encode image files, shard members (or a Dataset of preprocessed [3, S, S] tensors) in
+    batches, with a progress bar (images/s and ETA). Unreadable images are skipped and listed in
+    ``skipped``; ``kept`` then says which inputs the rows are."""
     from tqdm import tqdm
 
-    dataset = images if isinstance(images, Dataset) else _ImageFiles(images, preprocess)
-    loader = DataLoader(dataset, batch_size=batch_size, num_workers=num_workers, shuffle=False)
+    dataset = _Tensors(images) if isinstance(images, Dataset) else _ImageFiles(images, preprocess)
+    names = None if isinstance(images, Dataset) else list(images)
+    loader = DataLoader(dataset, batch_size=batch_size, num_workers=num_workers, shuffle=False, collate_fn=_collate)
     captured: list[torch.Tensor] = []
-    ln_post = getattr(getattr(model, "visual", None), "ln_post", None)
-    hook = ln_post.register_forward_hook(lambda m, i, out: captured.append(out.float().cpu())) if ln_post else None
-    device, embeddings, thumbnails = model_device(model), [], []
+    probe = _probe_module(model)
+    hook = probe.register_forward_hook(lambda m, i, out: captured.append(out.float().cpu())) if probe else None
+    device, embeddings, thumbnails, kept, skipped = model_device(model), [], [], [], []
+    bar = tqdm(total=len(dataset), desc=f"encode {desc}", unit="img", disable=not progress, leave=False)
     try:
         with eval_mode(model):
-            for batch in tqdm(loader, desc=f"encode {desc}", unit="batch", disable=not progress, leave=False):
-                embeddings.append(model.encode_image(batch.to(device)).float().cpu())
-                thumbnails.append(F.adaptive_avg_pool2d(batch.float(), 8).flatten(1))  # [B, 3*8*8]
+            for positions, batch, bad in loader:
+                skipped += [{"index": i, "image": str(names[i]) if names else i, "reason": r} for i, r in bad]
+                if batch is not None:
+                    embeddings.append(model.encode_image(batch.to(device)).float().cpu())
+                    thumbnails.append(F.adaptive_avg_pool2d(batch.float(), 8).flatten(1))  # [B, 3*8*8]
+                    kept.append(positions)
+                bar.update(len(positions) + len(bad))
     finally:
+        bar.close()
         if hook is not None:
             hook.remove()
     if not embeddings:
-        raise ValueError(f"encode {desc}: no images")
+        reason = f" ({len(skipped)} unreadable, e.g. {skipped[0]['image']}: {skipped[0]['reason']})" if skipped else ""
+        raise ValueError(f"encode {desc}: no images{reason}")
     embeddings = torch.cat(embeddings)
     pre = torch.cat(captured) if captured else embeddings
-    return ImageFeatures(embeddings, pre, torch.cat(thumbnails))
+    rows = torch.cat(kept).numpy() if skipped else None
+    return ImageFeatures(embeddings, pre, torch.cat(thumbnails), rows, tuple(skipped))

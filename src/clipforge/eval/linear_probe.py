@@ -127,6 +127,21 @@ def _best(scores: dict[float, float]) -> float:
     return max(scores, key=lambda log_c: (scores[log_c], -log_c))
 
 
+def top5_accuracy(model, x: np.ndarray, y: np.ndarray) -> float:
+    """Top-5 accuracy from the probe's class probabilities (NaN under five classes, as CLIP_benchmark)."""
+    import torch
+
+    from clipforge.eval.metrics import topk_accuracy
+
+    classes = getattr(model, "classes_", None)
+    num_classes = int(max(np.max(y), np.max(classes) if classes is not None else 0)) + 1
+    if classes is None or num_classes < 5:
+        return float("nan")
+    scores = np.full((len(x), num_classes), -np.inf)
+    scores[:, classes] = model.predict_proba(x)  # classes absent from training can never be chosen
+    return topk_accuracy(torch.from_numpy(scores), y, (5,))[5]
+
+
 def linear_probe(train_x, train_y, val_x, val_y, test_x, test_y, config: ProbeConfig = ProbeConfig()) -> dict:
     """Choose C on (train, val), refit on train+val, evaluate on test.
 
@@ -138,6 +153,7 @@ def linear_probe(train_x, train_y, val_x, val_y, test_x, test_y, config: ProbeCo
     predictions = model.predict(test_x)
     return {
         "test_accuracy": accuracy(predictions, test_y),
+        "test_top5_accuracy": top5_accuracy(model, test_x, test_y),
         "test_mean_per_class_recall": mean_per_class_recall(predictions, test_y),
         "C": best_c,
         "search": trace,

@@ -10,6 +10,9 @@ Definitions follow LAION's CLIP_benchmark where it defines the metric, so number
 - retrieval Recall@k: per query 1 when at least one correct item is among the ``k`` best-scored
   items (``torch.topk``), else 0, averaged over queries; several positives per query allowed
   through a boolean ``positives`` matrix. ``k`` beyond the gallery size is clipped to it.
+- multi-label average precision (CLIP_benchmark's ``average_precision_per_class``, after torchnet):
+  per class, rank the samples by score (``torch.sort``, descending), average the precision at the
+  rank of every positive; a class without positives gets 0 and still counts in the mean.
 """
 
 from __future__ import annotations
@@ -111,6 +114,30 @@ def retrieval_recalls(
         out[f"text_to_image_R@{k}"] = recall_at_k(scores, positives, k).double().mean().item()
         out[f"image_to_text_R@{k}"] = recall_at_k(scores.t(), positives.t(), k).double().mean().item()
     return out
+
+
+def average_precision_per_class(scores: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    """Scores [N, C] and 0/1 targets [N, C] → average precision of each class [C] (float32).
+
+    Precision at rank r is (positives among the first r) / r; a class's AP is the sum of the
+    precisions at its positives' ranks over max(positives, 1).
+    """
+    scores, targets = torch.as_tensor(scores).float(), torch.as_tensor(targets)
+    if scores.ndim != 2 or scores.shape != targets.shape:
+        raise ValueError(f"scores {tuple(scores.shape)} and targets {tuple(targets.shape)} must be equal [N, C]")
+    ranks = torch.arange(1, scores.shape[0] + 1, dtype=torch.float32)  # [N]
+    ap = torch.zeros(scores.shape[1])
+    for c in range(scores.shape[1]):
+        order = torch.sort(scores[:, c], 0, True).indices  # descending, as CLIP_benchmark sorts
+        truth = targets[order, c]
+        precision = truth.float().cumsum(0) / ranks  # [N]
+        ap[c] = precision[truth.bool()].sum() / max(float(truth.sum()), 1.0)
+    return ap
+
+
+def mean_average_precision(scores: torch.Tensor, targets: torch.Tensor) -> float:
+    """The mean over all classes of :func:`average_precision_per_class` (CLIP_benchmark's mAP)."""
+    return float(average_precision_per_class(scores, targets).mean().item())
 
 
 # ---- robustness -------------------------------------------------------------------------------

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import math
+import os
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -19,6 +21,18 @@ def _pyplot():
     return plt
 
 
+def finish(plt, fig, ax, path: Path, legend_loc: str = "best", dpi: int = 100) -> str:
+    """Grid, legend, tight layout; save ``fig`` as the PNG ``path`` (whole or not at all) and close it."""
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8, loc=legend_loc)
+    fig.tight_layout()
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    fig.savefig(tmp, dpi=dpi, format="png")
+    os.replace(tmp, path)
+    plt.close(fig)
+    return str(path)
+
+
 def make_plots(report: dict, out_dir: Path) -> list[str]:
     """Draw every plot the report has data for; returns the file names (relative to out_dir)."""
     plt = _pyplot()
@@ -27,7 +41,8 @@ def make_plots(report: dict, out_dir: Path) -> list[str]:
         files.append(few_shot_plot(plt, report["few_shot"], out_dir / "few_shot.png"))
     for base, result in report.get("robustness", {}).items():
         files.append(robustness_plot(plt, base, result, out_dir / f"robustness_{base}.png"))
-    zero_shot = {t: r for t, r in report.get("zeroshot", {}).items() if r["num_classes"] <= MAX_CLASSES_PLOTTED}
+    zero_shot = {t: r for t, r in report.get("zeroshot", {}).items()
+                 if r["num_classes"] <= MAX_CLASSES_PLOTTED and not r.get("multilabel")}
     if zero_shot:
         files.append(per_class_plot(plt, zero_shot, out_dir / "per_class_recall.png"))
     for task, result in zero_shot.items():
@@ -131,7 +146,9 @@ def confusion_plot(plt, task: str, result: dict, path: Path) -> str:
     ax.set_yticks(range(n), names, fontsize=7)
     ax.set(xlabel="predicted", ylabel="true", title=f"{task}: zero-shot confusion (row-normalized)")
     fig.colorbar(image, ax=ax, fraction=0.046)
-    fig.tight_layout()
+    with warnings.catch_warnings():  # very long class names cannot always fit; the plot is still drawn
+        warnings.simplefilter("ignore", UserWarning)
+        fig.tight_layout()
     fig.savefig(path, dpi=90)
     plt.close(fig)
     return str(path)

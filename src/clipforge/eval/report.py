@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 from pathlib import Path
 from typing import Any
 
@@ -59,9 +60,16 @@ def write_report(report: dict, out_dir: Path, plots: bool = True) -> dict:
         from clipforge.eval.plots import make_plots
 
         report["plots"] = make_plots(report, out_dir)
-    (out_dir / "report.json").write_text(json.dumps(report, indent=1, allow_nan=False), encoding="utf-8")
-    (out_dir / "report.md").write_text(markdown(report), encoding="utf-8")
+    _write_atomic(out_dir / "report.json", json.dumps(report, indent=1, allow_nan=False))
+    _write_atomic(out_dir / "report.md", markdown(report))
     return report
+
+
+def _write_atomic(path: Path, text: str) -> None:
+    """Write via a temporary file and rename: a reader never sees half a report."""
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    tmp.write_text(text, encoding="utf-8")
+    os.replace(tmp, path)
 
 
 def _pct(value: Any) -> str:
@@ -77,6 +85,9 @@ def classification_rows(report: dict) -> list[list[str]]:
     """task, zero-shot top-1/top-5/mean per-class, linear probe, few-shot worth (percent)."""
     rows = []
     for task, zs in report.get("zeroshot", {}).items():
+        if zs.get("multilabel"):
+            rows.append([task, f"mAP {_pct(zs['mean_average_precision'])}", "–", "–", "–", "–", "–"])
+            continue
         probe = report.get("linear_probe", {}).get(task, {})
         worth = report.get("few_shot", {}).get(task, {}).get("zero_shot_worth")
         rows.append([task, _pct(zs["acc1"]), _pct(zs["acc5"]), _pct(zs["mean_per_class_recall"]),
@@ -102,11 +113,28 @@ def markdown(report: dict) -> str:
         lines += ["", f"Zero-shot: {report['protocols']['zeroshot']}.", ""]
     lines += _probe_section(report) + _few_shot_section(report) + _retrieval_section(report)
     lines += _robustness_section(report) + _overlap_section(report)
+    lines += _data_section(report)
     if report.get("skipped"):
         lines += ["## Not run", ""] + [f"- {p}: {why}" for p, why in report["skipped"].items()] + [""]
     for plot in report.get("plots", []):
         lines += [f"![{Path(plot).stem}]({plot})", ""]
     return "\n".join(lines)
+
+
+def _data_section(report: dict) -> list[str]:
+    """Image pass speed per set, skipped images and notes about the data."""
+    lines = []
+    if report.get("image_pass"):
+        rows = [[name, str(t["images"]), f"{t['seconds']:.1f}", f"{t['images_per_second']:.1f}"]
+                for name, t in report["image_pass"].items()]
+        lines += ["## Image pass (each set encoded once, shared by every protocol)", ""]
+        lines += _table(["set", "images", "seconds", "images/s"], rows) + [""]
+    for name, s in report.get("skipped_images", {}).items():
+        first = s["examples"][0]
+        lines += [f"- `{name}`: {s['count']} images skipped (e.g. {first.get('image') or first.get('shard')} "
+                  f"{first.get('key') or ''}: {first['reason']})"]
+    lines += [f"- {name}: {note}" for name, note in report.get("notes", {}).items()]
+    return lines + ([""] if report.get("skipped_images") or report.get("notes") else [])
 
 
 def _probe_section(report: dict) -> list[str]:

@@ -51,8 +51,11 @@ def evaluate_retrieval(
     progress: bool = True,
     ks: Sequence[int] = RECALL_KS,
 ) -> dict:
-    images = encode_images(
+    features = encode_images(
         model, preprocess, dataset.paths, batch_size=batch_size, num_workers=num_workers, progress=progress, desc=dataset.name
-    ).embeddings
+    )
+    if features.kept is not None:  # unreadable images are left out with their captions
+        dataset = dataset.subset(features.kept)
     texts = encode_captions(model, tokenizer, dataset.captions, batch_size)
-    return score_retrieval(images, texts, dataset.caption_image, ks)
+    result = score_retrieval(features.embeddings, texts, dataset.caption_image, ks)
+    return {**result, "skipped_images": len(features.skipped)} if features.skipped else result

@@ -5,7 +5,12 @@ Matching CLIP_benchmark (``clip_benchmark/metrics/zeroshot_classification.py``) 
 - logits: 100 · normalized image features · head, in float32 (the scale changes no ranking);
 - ``acc1`` / ``acc5``: top-k by ``torch.topk`` (:func:`~clipforge.eval.metrics.topk_accuracy`);
   ``acc5`` is NaN with fewer than five classes, as there;
-- ``mean_per_class_recall``: balanced accuracy of ``argmax`` predictions.
+- ``mean_per_class_recall``: balanced accuracy of ``argmax`` predictions;
+- multi-label sets (``.npy`` targets [N, C]): ``mean_average_precision`` over the 100 · cosine
+  logits (:func:`~clipforge.eval.metrics.average_precision_per_class`), CLIP_benchmark's only metric
+  for them;
+- two-class sets also get ``roc_auc`` (the paper's metric for Hateful Memes): the area under the
+  ROC curve of the softmax probability of class 1 (scikit-learn's ``roc_auc_score``).
 Differences that cannot change a number beyond float rounding: prompts are encoded in batches of
 many classes rather than one class at a time, and CLIP_benchmark's default fp16 autocast on GPU is
 not applied (we compute in the model's dtype, float32 unless the caller casts it).
@@ -20,7 +25,7 @@ import numpy as np
 import torch
 
 from clipforge.eval.datasets import ClassificationSet, encode_images, load_classification_set
-from clipforge.eval.metrics import mean_per_class_recall, per_class_recall, topk_accuracy
+from clipforge.eval.metrics import average_precision_per_class, mean_per_class_recall, per_class_recall, topk_accuracy
 from clipforge.zeroshot import Templates, build_classifier, load_templates, zero_shot_logits
 
 
@@ -38,7 +43,28 @@ def score_zero_shot(image_features: torch.Tensor, labels, classifier: torch.Tens
         "n": int(len(labels)),
         "num_classes": int(classifier.shape[0]),
     }
+    if classifier.shape[0] == 2 and len(torch.unique(labels)) == 2:
+        from sklearn.metrics import roc_auc_score
+
+        metrics["roc_auc"] = float(roc_auc_score(labels.numpy(), logits.softmax(dim=1)[:, 1].numpy()))
     return metrics, predictions
+
+
+def score_zero_shot_multilabel(image_features: torch.Tensor, targets, classifier: torch.Tensor) -> tuple[dict, np.ndarray]:
+    """Image features [N, D], 0/1 targets [N, C], head [C, D] → (metrics, logits [N, C])."""
+    logits = zero_shot_logits(image_features, classifier)  # [N, C]
+    targets = torch.as_tensor(np.asarray(targets))
+    if targets.shape != logits.shape:
+        raise ValueError(f"multi-label targets {tuple(targets.shape)} do not match logits {tuple(logits.shape)}")
+    ap = average_precision_per_class(logits, targets)
+    metrics = {
+        "mean_average_precision": float(ap.mean().item()),
+        "average_precision_per_class": ap.tolist(),
+        "n": int(targets.shape[0]),
+        "num_classes": int(classifier.shape[0]),
+        "multilabel": True,
+    }
+    return metrics, logits.numpy()
 
 
 def _resolve_templates(templates: Templates | str | os.PathLike) -> Templates:
@@ -70,11 +96,12 @@ def zero_shot_accuracy(
         data = load_classification_set(data)
     if isinstance(data, ClassificationSet):
         if preprocess is None:
-            from clipforge.transforms import eval_transform
+            from clipforge.transforms import preprocess_for
 
-            preprocess = eval_transform(model.image_size)
-        features = encode_images(model, preprocess, data.paths, batch_size=batch_size, progress=progress).embeddings
-        labels, classnames = data.labels, classnames or data.classnames
+            preprocess = preprocess_for(model.config)
+        encoded = encode_images(model, preprocess, data.paths, batch_size=batch_size, progress=progress)
+        data = data.subset(encoded.kept) if encoded.kept is not None else data
+        features, labels, classnames = encoded.embeddings, data.labels, classnames or data.classnames
     else:
         tensor, labels = data
         if classnames is None:

@@ -21,12 +21,17 @@ class QuickGELU(nn.Module):
         return x * torch.sigmoid(1.702 * x)
 
 
+ACTIVATIONS = ("quick_gelu", "gelu", "gelu_tanh")
+
+
 def make_activation(name: str) -> nn.Module:
     if name == "quick_gelu":
         return QuickGELU()
     if name == "gelu":
         return nn.GELU()
-    raise ValueError(f"unknown activation {name!r}; expected 'quick_gelu' or 'gelu'")
+    if name == "gelu_tanh":  # GELU's tanh approximation: big_vision's (flax) default, SigLIP's weights
+        return nn.GELU(approximate="tanh")
+    raise ValueError(f"unknown activation {name!r}; expected one of {ACTIVATIONS}")
 
 
 class Attention(nn.Module):
@@ -76,6 +81,20 @@ class Attention(nn.Module):
         out = F.scaled_dot_product_attention(q, kv[0], kv[1], attn_mask=mask)  # [N, H, 1, W/H]
         return out.transpose(1, 2).reshape(n, 1, width)
 
+    def pool(self, queries: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+        """Learned queries [N, Q, W] attend over ``x`` [N, L, W] (no mask) → [N, Q, W], after ``out_proj``.
+
+        The same function as ``nn.MultiheadAttention(queries, x, x)`` with these parameters.
+        """
+        n, length, width = x.shape
+        count, head_dim = queries.shape[1], width // self.heads
+        w_q, w_kv = self.in_proj_weight.split([width, 2 * width])
+        b_q, b_kv = self.in_proj_bias.split([width, 2 * width])
+        q = F.linear(queries, w_q, b_q).view(n, count, self.heads, head_dim).transpose(1, 2)  # [N, H, Q, W/H]
+        kv = F.linear(x, w_kv, b_kv).view(n, length, 2, self.heads, head_dim).permute(2, 0, 3, 1, 4)  # [2, N, H, L, W/H]
+        out = F.scaled_dot_product_attention(q, kv[0], kv[1])  # [N, H, Q, W/H]
+        return self.out_proj(out.transpose(1, 2).reshape(n, count, width))
+
 
 def take(x: torch.Tensor, index: Index) -> torch.Tensor:
     """[N, L, W] → [N, 1, W]: position ``index`` of every row (an int, or one position per row [N])."""
@@ -91,82 +110,38 @@ class MLP(nn.Sequential):
         self.gelu = make_activation(act)
         self.c_proj = nn.Linear(hidden, width)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if _records_autograd(self, x):
-            return self.c_proj(self.gelu(self.c_fc(x)))
-        shape = x.shape
-        hidden, scale = self.hidden_inference(x.reshape(-1, shape[-1]))
-        out = torch.addmm(self.c_proj.bias, hidden, self.c_proj.weight.t(), alpha=scale)
-        return out.view(*shape[:-1], out.shape[-1])
-
-    def hidden_inference(self, x: torch.Tensor) -> tuple[torch.Tensor, float]:
-        """Without autograd: the activated hidden rows for ``x`` [M, W], and the factor ``c_proj``'s
-        product must be scaled by (``c_proj(hidden · factor)`` is the MLP's output).
-
-        QuickGELU is computed as one in-place SiLU: h·σ(1.702 h) = silu(1.702 h) / 1.702, with the
-        1.702 applied by the first matrix product (``alpha``, ``beta``) and the 1/1.702 by the second,
-        both free in the GEMM. The block's largest tensor is then written by the GEMM and rewritten
-        once, instead of a scaled copy, a sigmoid and a product (a temporary of its size, three
-        passes). The same function up to float rounding (~1 ulp).
-        """
-        if isinstance(self.gelu, QuickGELU):
-            hidden = torch.addmm(self.c_fc.bias, x, self.c_fc.weight.t(), beta=1.702, alpha=1.702)
-            return F.silu(hidden, inplace=True), 1 / 1.702
-        return self.gelu(self.c_fc(x)), 1.0
-
-
-def _records_autograd(module: nn.Module, x: torch.Tensor) -> bool:
-    """Whether autograd would record ``module``'s forward on ``x`` (else in-place shortcuts are safe)."""
-    return torch.is_grad_enabled() and (x.requires_grad or any(p.requires_grad for p in module.parameters()))
-
 
 class ResidualAttentionBlock(nn.Module):
-    """Pre-norm block: x + attn(ln_1(x)), then x + mlp(ln_2(x))."""
+    """Pre-norm block: x + attn(ln_1(x)), then x + mlp(ln_2(x)). ``eps``: the LayerNorms' (torch's
+    default 1e-5 is OpenAI's; SigLIP's is 1e-6)."""
 
-    def __init__(self, width: int, heads: int, mlp_ratio: float = 4.0, act: str = "quick_gelu", causal: bool = False):
+    def __init__(self, width: int, heads: int, mlp_ratio: float = 4.0, act: str = "quick_gelu", causal: bool = False,
+                 eps: float = 1e-5):
         super().__init__()
-        self.ln_1 = nn.LayerNorm(width)
+        self.ln_1 = nn.LayerNorm(width, eps=eps)
         self.attn = Attention(width, heads, causal=causal)
-        self.ln_2 = nn.LayerNorm(width)
+        self.ln_2 = nn.LayerNorm(width, eps=eps)
         self.mlp = MLP(width, int(width * mlp_ratio), act)
 
     def forward(self, x: torch.Tensor, index: Index | None = None) -> torch.Tensor:
         """[N, L, W] → [N, L, W]; with ``index`` only that position's output [N, 1, W] is computed."""
-        if not _records_autograd(self, x) and not torch.is_autocast_enabled(x.device.type):
-            return self._inference(x, index)
         if index is None:
             x = x + self.attn(self.ln_1(x))
         else:
             x = take(x, index) + self.attn(self.ln_1(x), index)
         return x + self.mlp(self.ln_2(x))
 
-    def _inference(self, x: torch.Tensor, index: Index | None) -> torch.Tensor:
-        """The same block without autograd (nor autocast), each residual added by its output projection's GEMM.
-
-        x + (a Wᵀ + b) is computed as (x + b) + a Wᵀ, in place (``addmm_`` with beta = 1): one pass
-        over the residual and no temporary, where the plain form copies the bias into a new tensor,
-        multiplies into it and then adds x into a third.
-        """
-        attended = self.attn.attend(self.ln_1(x), index)  # [N, L', W], L' = 1 with index
-        n, length, width = attended.shape
-        x = x if index is None else take(x, index)
-        x = (x + self.attn.out_proj.bias).view(-1, width)
-        x.addmm_(attended.view(-1, width), self.attn.out_proj.weight.t())
-        hidden, scale = self.mlp.hidden_inference(self.ln_2(x))
-        x = (x + self.mlp.c_proj.bias).addmm_(hidden, self.mlp.c_proj.weight.t(), alpha=scale)
-        return x.view(n, length, width)
-
 
 class Transformer(nn.Module):
     """A stack of residual attention blocks on batch-first tensors [N, L, W]."""
 
     def __init__(self, width: int, layers: int, heads: int, mlp_ratio: float = 4.0, act: str = "quick_gelu",
-                 causal: bool = False):
+                 causal: bool = False, eps: float = 1e-5):
         super().__init__()
         self.width, self.layers = width, layers
         self.grad_checkpointing = False
         self.resblocks = nn.ModuleList(
-            [ResidualAttentionBlock(width, heads, mlp_ratio, act, causal) for _ in range(layers)]
+            [ResidualAttentionBlock(width, heads, mlp_ratio, act, causal, eps) for _ in range(layers)]
         )
 
     def forward(self, x: torch.Tensor, index: Index | None = None) -> torch.Tensor:

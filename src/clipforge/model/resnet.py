@@ -15,7 +15,6 @@ from torch import nn
 from torch.utils.checkpoint import checkpoint
 
 from clipforge.config import VisionConfig
-from clipforge.model.pieces import run_in_pieces
 
 
 class Bottleneck(nn.Module):
@@ -78,11 +77,9 @@ class AttentionPool2d(nn.Module):
 
 
 class ModifiedResNet(nn.Module):
-    def __init__(self, cfg: VisionConfig, output_dim: int):
+    def __init__(self, cfg: VisionConfig, output_dim: int, heads: int):
         super().__init__()
         layers, width = cfg.layers, cfg.width
-        if isinstance(layers, int) or len(layers) != 4:
-            raise ValueError(f"ModifiedResNet needs 4 block counts in vision.layers, got {layers!r}")
         if cfg.image_size % 32:
             raise ValueError(f"ModifiedResNet image_size must be a multiple of 32, got {cfg.image_size}")
         self.image_size = cfg.image_size
@@ -104,7 +101,7 @@ class ModifiedResNet(nn.Module):
         self.layer3 = self._make_layer(width * 4, layers[2], stride=2)
         self.layer4 = self._make_layer(width * 8, layers[3], stride=2)
         embed_dim = width * 32  # the ResNet feature dimension
-        self.attnpool = AttentionPool2d(cfg.image_size // 32, embed_dim, cfg.num_heads, output_dim)
+        self.attnpool = AttentionPool2d(cfg.image_size // 32, embed_dim, heads, output_dim)
         self.init_openai()
 
     def _make_layer(self, planes: int, blocks: int, stride: int = 1) -> nn.Sequential:
@@ -128,17 +125,8 @@ class ModifiedResNet(nn.Module):
         x = self.relu3(self.bn3(self.conv3(x)))
         return self.avgpool(x)
 
-    # CPU inference without autograd (clipforge.model.pieces): stem output positions ((S/4)² per
-    # image) per piece, 2 images of RN50 at 224 px, 32 of demo-rn at 64 px, the fastest measured
-    # (None: one piece); pieces run at once (None: one per intra-op thread; 1: one after another).
-    inference_chunk_rows: int | None = 8192
-    inference_streams: int | None = None
-
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """Images [N, 3, S, S] → projected features [N, output_dim]."""
-        return run_in_pieces(self, self._forward, x, tokens=(x.shape[-1] // 4) ** 2)
-
-    def _forward(self, x: torch.Tensor) -> torch.Tensor:
         x = self.stem(x)
         for stage in (self.layer1, self.layer2, self.layer3, self.layer4):
             if self.grad_checkpointing and torch.is_grad_enabled():
@@ -146,6 +134,3 @@ class ModifiedResNet(nn.Module):
             else:
                 x = stage(x)
         return self.attnpool(x)  # [N, output_dim]
-
-    def set_grad_checkpointing(self, enable: bool = True) -> None:
-        self.grad_checkpointing = enable

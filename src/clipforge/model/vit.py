@@ -11,11 +11,10 @@ from torch import nn
 
 from clipforge.config import VisionConfig
 from clipforge.model.layers import Transformer
-from clipforge.model.pieces import run_in_pieces
 
 
 class VisionTransformer(nn.Module):
-    def __init__(self, cfg: VisionConfig, output_dim: int):
+    def __init__(self, cfg: VisionConfig, output_dim: int, heads: int):
         super().__init__()
         if cfg.image_size % cfg.patch_size:
             raise ValueError(f"image_size {cfg.image_size} is not a multiple of patch_size {cfg.patch_size}")
@@ -27,20 +26,12 @@ class VisionTransformer(nn.Module):
         self.class_embedding = nn.Parameter(scale * torch.randn(width))
         self.positional_embedding = nn.Parameter(scale * torch.randn(grid * grid + 1, width))
         self.ln_pre = nn.LayerNorm(width)
-        self.transformer = Transformer(width, cfg.layers, cfg.num_heads, cfg.mlp_ratio, cfg.act)
+        self.transformer = Transformer(width, cfg.layers, heads, cfg.mlp_ratio, cfg.act)
         self.ln_post = nn.LayerNorm(width)
         self.proj = nn.Parameter(scale * torch.randn(width, output_dim))
 
-    # CPU inference without autograd (clipforge.model.pieces): token rows per piece (None: one piece),
-    # pieces run at once (None: one per intra-op thread, each on one thread; 1: one after another).
-    inference_chunk_rows: int | None = 1024
-    inference_streams: int | None = None
-
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """Images [N, 3, S, S] → projected features [N, output_dim]."""
-        return run_in_pieces(self, self._forward, x, tokens=(x.shape[-1] // self.patch_size) ** 2 + 1)
-
-    def _forward(self, x: torch.Tensor) -> torch.Tensor:
         x = self.conv1(x)  # [N, W, G, G]
         x = x.flatten(2).transpose(1, 2)  # [N, G*G, W]
         cls = self.class_embedding.to(x.dtype).expand(x.shape[0], 1, -1)  # [N, 1, W]
@@ -59,6 +50,3 @@ class VisionTransformer(nn.Module):
         idx = scores.topk(keep, dim=1).indices + 1  # [N, keep], offsets past the class token
         patches = x.gather(1, idx.unsqueeze(-1).expand(-1, -1, width))  # [N, keep, W]
         return torch.cat([x[:, :1], patches], dim=1)
-
-    def set_grad_checkpointing(self, enable: bool = True) -> None:
-        self.transformer.grad_checkpointing = enable

@@ -14,6 +14,12 @@ written to temporary names and renamed, then the manifest is rewritten (temp + r
 is finished exactly when the manifest lists it. A restart with the same settings skips finished
 parts (items are read but not decoded or encoded) after checking that the source still lists the
 same ids there (``ids_sha1``).
+
+Under torchrun (``world_size`` > 1) part k belongs to rank ``k % world_size``. Each rank writes its
+own parts and its own ``manifest-rank-RRR.json`` (so no two processes write one file), skips parts
+that any manifest lists as finished (whatever the world size of the run that wrote them), and
+after a barrier rank 0 merges every manifest into ``manifest.json``. The part files are the ones a
+single process writes; a rank killed mid-run loses only the part it was writing.
 """
 
 from __future__ import annotations
@@ -34,12 +40,25 @@ import numpy as np
 from tqdm import tqdm
 
 from clipforge.data.decode import BadSample
+from clipforge.data.files import atomic as _atomic
+from clipforge.data.files import read_same_job
+from clipforge.data.files import write_json as _write_json
 from clipforge.serve.embed_sources import Item, ItemSource
 
 FORMAT = "clipforge-embeddings/1"
 MANIFEST = "manifest.json"
 DTYPES = ("float16", "float32")
 FILE_FORMATS = ("npy", "parquet")
+ADVICE = "resume with the same model, source and settings, or use a new --out directory"
+
+
+@dataclass(frozen=True)
+class Ranks:
+    """This process's rank, the number of processes, and a barrier across them (torch.distributed)."""
+
+    rank: int = 0
+    world_size: int = 1
+    barrier: Callable[[], None] = lambda: None
 
 
 class EmbedError(RuntimeError):
@@ -80,13 +99,18 @@ class EmbedResult:
 
 def run_embedding(source: ItemSource, encode: Callable[[list], np.ndarray], out_dir: str | os.PathLike,
                   config: EmbedConfig, header: dict[str, Any], info: dict[str, Any] | None = None,
-                  prepare: Callable[[Any], Any] | None = None) -> EmbedResult:
+                  prepare: Callable[[Any], Any] | None = None, ranks: Ranks | None = None) -> EmbedResult:
     """Embed ``source``'s items with ``encode`` (list of loaded items → float32 [N, D]) into ``out_dir``.
 
     ``header`` identifies the job (e.g. kind, source, model fingerprint); a restart must give the same
     one. ``info`` is recorded in the manifest but not compared (e.g. the model's path). ``prepare``
     runs on each loaded item in the decoding threads (e.g. the image transform), before ``encode``.
+    ``ranks``: this process's share under torchrun (see the module doc); None = one process.
     """
+    if ranks is not None and ranks.world_size > 1:
+        from clipforge.serve.embed_ranks import run_ranked
+
+        return run_ranked(source, encode, out_dir, config, header, info, prepare, ranks)
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     with _exclusive(out):
@@ -142,12 +166,7 @@ def _open_manifest(out: Path, header: dict[str, Any]) -> dict[str, Any]:
         manifest = {**header, "complete": False, "rows": None, "parts": {}, "failures": []}
         _write_json(path, manifest)
         return manifest
-    manifest = json.loads(path.read_text())
-    differing = sorted(k for k in header if manifest.get(k) != header[k])
-    if differing:
-        raise EmbedError(f"{out}: was written by a job with other settings ({', '.join(differing)}); resume with "
-                         "the same model, source and settings, or use a new --out directory")
-    return manifest
+    return read_same_job(path, header, EmbedError, ADVICE)
 
 
 @contextlib.contextmanager
@@ -223,20 +242,6 @@ def _write_part(out: Path, name: str, array: np.ndarray, ids: list[str], sources
     _atomic(out / f"{name}.npy", lambda f: np.save(f, array, allow_pickle=False))
     _atomic(out / f"{name}.ids.json", lambda f: f.write(json.dumps({"ids": ids, "sources": sources}).encode()))
     return [f"{name}.npy", f"{name}.ids.json"]
-
-
-def _atomic(path: Path, write: Callable[[Any], None]) -> None:
-    """Write through ``write(binary file)`` to a temporary name, flush to disk, then rename over ``path``."""
-    tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "wb") as f:
-        write(f)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
-
-
-def _write_json(path: Path, data: dict) -> None:
-    _atomic(path, lambda f: f.write((json.dumps(data, indent=1) + "\n").encode()))
 
 
 @dataclass

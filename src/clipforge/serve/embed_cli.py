@@ -1,7 +1,9 @@
 """`clipforge embed MODEL (--images SPEC | --texts FILE) --out DIR`: resumable batch embedding.
 
 Run it again with the same arguments after an interruption: finished parts are kept, the rest is
-computed. See :mod:`clipforge.serve.embed` for the files written.
+computed. See :mod:`clipforge.serve.embed` for the files written. Several processes split the parts:
+``torchrun --nproc-per-node 4 -m clipforge embed MODEL --images ... --out DIR`` (gloo; each rank
+writes its own parts, rank 0 merges the manifest).
 """
 
 from __future__ import annotations
@@ -20,6 +22,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     what.add_argument("--images", help="a folder (recursive), a .csv/.tsv with a path column, or tar shards "
                                        "(brace-expanded, e.g. data/{00000..00009}.tar)")
     what.add_argument("--texts", help="a .txt file (one text a line) or a .csv/.tsv with a text column")
+    what.add_argument("--pool", help="a `clipforge data curate` pool (parquet/CSV with local image paths): ids are "
+                                     "its uids, for --image-embeddings / --text-embeddings")
+    parser.add_argument("--pool-kind", choices=("image", "text"), default="image", help="embed the pool's images or captions")
     parser.add_argument("--out", required=True, help="output directory (resumable)")
     parser.add_argument("--column", help="CSV column holding the image paths / texts (default: auto-detected)")
     parser.add_argument("--id-column", help="CSV column with the ids of texts (default: the row number)")
@@ -34,28 +39,41 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from clipforge.serve.embed_ranks import init_ranks
     from clipforge.serve.embed_sources import image_items, text_items
     from clipforge.serve.encoder import Encoder
 
+    ranks = init_ranks()
     try:
         config = EmbedConfig(part_size=args.part_size, batch_size=args.batch_size, dtype=args.dtype,
                              format=args.format, workers=args.workers, max_parts=args.max_parts)
-        if args.images:
+        images = bool(args.images) or bool(args.pool) and args.pool_kind == "image"
+        if args.pool:
+            from clipforge.data.image_filters import pool_items
+
+            source = pool_items(args.pool, args.pool_kind, max_pixels=args.max_pixels)
+        elif args.images:
             source = image_items(args.images, column=args.column, max_pixels=args.max_pixels)
         else:
             source = text_items(args.texts, column=args.column, id_column=args.id_column)
         encoder = Encoder.load(args.model, device=args.device, batch_size=args.batch_size)
         # Images are decoded and transformed in the worker threads; only the forward pass is batched here.
-        encode = encoder.encode_pixels if args.images else encoder.encode_texts
-        prepare = encoder.preprocess if args.images else None
-        header = {"kind": "image" if args.images else "text", "source": args.images or args.texts,
+        encode = encoder.encode_pixels if images else encoder.encode_texts
+        prepare = encoder.preprocess if images else None
+        source_name = f"pool:{args.pool}" if args.pool else args.images or args.texts
+        header = {"kind": "image" if images else "text", "source": source_name,
                   "model_sha256": encoder.fingerprint(), "dim": encoder.dim}
         result = run_embedding(source, encode, args.out, config, header, info={"model": encoder.name},
-                               prepare=prepare)
+                               prepare=prepare, ranks=ranks)
     except (EmbedError, ValueError, FileNotFoundError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
-    summary = {"out": str(result.out_dir), "complete": result.complete, "rows": result.rows,
+    finally:
+        if ranks.world_size > 1:
+            import torch.distributed as dist
+
+            dist.destroy_process_group()
+    summary = {"out": str(result.out_dir), "rank": ranks.rank, "complete": result.complete, "rows": result.rows,
                "parts_written": len(result.parts_written), "parts_reused": len(result.parts_reused),
                "skipped": len(result.skipped), "shard_failures": source.failures}
     for item_id, reason in result.skipped[:20]:

@@ -40,10 +40,15 @@ class Encoder:
         """Any checkpoint ``clipforge.load`` reads (our directory format carries its tokenizer)."""
         from clipforge.api import load
 
+        from clipforge.fastpath import optimize_for_inference
+
         model, preprocess, tokenizer = load(path, device=device)
         if tokenizer is None:
             raise ValueError(f"{path}: no tokenizer is saved with this model and OpenAI's vocabulary is not available")
-        return cls(model, preprocess, tokenizer, name=str(Path(path).resolve()), batch_size=batch_size)
+        encoder = cls(model, preprocess, tokenizer, name=str(Path(path).resolve()), batch_size=batch_size)
+        encoder.fingerprint()  # of the weights as saved (folding BatchNorm into convolutions renames them)
+        encoder.model = optimize_for_inference(model, inplace=True)
+        return encoder
 
     @property
     def dim(self) -> int:
@@ -97,15 +102,16 @@ class Encoder:
         """Zero-shot: unit image vectors [N, D] and labels → (probabilities [N, C], cosine similarities [N, C]).
 
         Class embeddings average the normalized prompt embeddings (paper section 3.1.4); probabilities
-        are the softmax of exp(logit_scale) · cosine, as OpenAI's ``logits_per_image.softmax(-1)``.
+        are what the model was trained to predict (``CLIP.probabilities``): the softmax of
+        exp(logit_scale) · cosine, as OpenAI's ``logits_per_image.softmax(-1)``, or for a SigLIP model
+        one sigmoid per label, σ(exp(logit_scale) · cosine + logit_bias).
         """
         from clipforge.zeroshot import build_classifier
 
         with torch.inference_mode():
             head = build_classifier(self.model, self.tokenizer, list(labels), list(templates))  # [C, D]
             cosine = torch.from_numpy(np.ascontiguousarray(image_vectors, dtype=np.float32)) @ head.float().t()
-            scale = float(self.model.logit_scale.detach().float().exp())
-            probs = torch.softmax(scale * cosine, dim=-1)  # [N, C]
+            probs = self.model.probabilities(cosine.to(self.device)).float().cpu()  # [N, C]
         return probs.numpy(), cosine.numpy()
 
 

@@ -64,7 +64,8 @@ class SearchResponse(BaseModel):
 
 class LabelScore(BaseModel):
     label: str
-    probability: float = Field(description="softmax over the labels of exp(logit_scale) · cosine")
+    probability: float = Field(description="softmax over the labels of exp(logit_scale) · cosine; for a SigLIP "
+                                           "model, sigmoid(exp(logit_scale) · cosine + logit_bias) per label")
     cosine: float
 
 

@@ -13,6 +13,8 @@ from collections.abc import Sequence
 from functools import lru_cache
 from pathlib import Path
 
+from clipforge.paths import atomic_write
+
 END_OF_WORD = "</w>"
 MERGES_HEADER = "#version: 0.2"
 # OpenAI's file carries 262,144 merges but CLIP uses only the first 49152 - 256 - 2 of them
@@ -79,13 +81,13 @@ def read_merges(path: str | Path, num_merges: int | None = None) -> list[tuple[s
 
 def write_merges(path: str | Path, merges: Sequence[tuple[str, str]]) -> None:
     """Write merges in the same format (header + one `a b` line each), gzip when the name ends in
-    .gz. The gzip timestamp is zeroed so equal vocabularies give byte-identical files."""
+    .gz, atomically. The gzip timestamp is zeroed so equal vocabularies give byte-identical files."""
     text = "\n".join([MERGES_HEADER, *(f"{a} {b}" for a, b in merges)]) + "\n"
     data = text.encode("utf-8")
     path = Path(path)
     if path.suffix == ".gz":
         data = gzip.compress(data, mtime=0)
-    path.write_bytes(data)
+    atomic_write(path, data)  # a kill mid-write must not leave an empty merges file behind
 
 
 class BPEVocab:

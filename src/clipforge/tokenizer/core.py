@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
+from clipforge.paths import atomic_write
 from clipforge.tokenizer.bpe import BPEVocab, read_merges, unicode_to_bytes, write_merges
 from clipforge.tokenizer.cleaning import cap_raw_text, clean_text, compile_pattern, is_plain_ascii
 
@@ -103,7 +104,7 @@ class Tokenizer:
         return cls.from_merges(resolve_openai_vocab(path), context_length=context_length)
 
     def save(self, directory: str | Path) -> Path:
-        """Write `bpe_merges.txt.gz` and `tokenizer.json` (settings) into `directory`."""
+        """Write `bpe_merges.txt.gz` and `tokenizer.json` (settings) into `directory`, each file atomically."""
         directory = Path(directory)
         directory.mkdir(parents=True, exist_ok=True)
         write_merges(directory / MERGES_FILE, self.vocab.merges)
@@ -117,7 +118,8 @@ class Tokenizer:
             "pad_token_id": self.pad_token_id,
             "cleaning": "ftfy.fix_text, html.unescape x2, whitespace collapse, lowercase",
         }
-        (directory / CONFIG_FILE).write_text(json.dumps(config, indent=2) + "\n", encoding="utf-8")
+        # Written after the merges, each file atomically: a directory with tokenizer.json is complete.
+        atomic_write(directory / CONFIG_FILE, json.dumps(config, indent=2) + "\n")
         return directory
 
     @classmethod

@@ -1,6 +1,7 @@
 """Training (application layer): losses, distributed gather, exact accumulation, optimizer, trainer.
 
-- :func:`clip_loss`, :func:`siglip_loss`: pure loss functions of features (:mod:`.loss`).
+- :func:`clip_loss`, :func:`siglip_loss`: pure loss functions of features; the loss components that
+  own them, their parameters and distributed strategy, selected by ``[loss] kind`` (:mod:`.losses`).
 - :func:`~clipforge.train.distributed.gather_features`: the one all-gather with gradients.
 - :class:`Trainer` with :class:`TrainConfig` / :func:`load_config`: one loop for every variant
   (``clipforge train --config configs/demo.toml``; ``torchrun ... -m clipforge train`` for several
@@ -14,7 +15,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from clipforge.train.loss import clip_loss, siglip_loss
+from clipforge.train.losses import clip_loss, siglip_loss
 
 _LAZY = {
     "Trainer": "clipforge.train.loop",

@@ -18,6 +18,7 @@ random state is replayed and BatchNorm's running statistics are updated once per
 from __future__ import annotations
 
 import contextlib
+from dataclasses import dataclass
 from typing import Callable, Sequence
 
 import torch
@@ -25,39 +26,49 @@ from torch import nn
 
 from clipforge.fastpath import trim_tokens
 from clipforge.train.distributed import sync_replicated_grads, unwrap
-from clipforge.train.loss import Diagnostics
-from clipforge.train.objective import compute_loss, upcast
+from clipforge.train.losses import Diagnostics, upcast
 
 Batch = tuple[torch.Tensor, torch.Tensor]  # (images [B, 3, S, S], tokens [B, L])
 
 
-def forward_backward(model: nn.Module, micro_batches: Sequence[Batch], loss_kind: str, device: torch.device,
-                     autocast: Callable[[], contextlib.AbstractContextManager] = contextlib.nullcontext,
-                     scale_loss: Callable[[torch.Tensor], torch.Tensor] = lambda loss: loss,
+@dataclass(frozen=True)
+class StepContext:
+    """How a step runs: the device, autocast, fp16 loss scaling, and whether tokens are trimmed
+    (cut after the batch's longest caption, on the host: exact where the text family says so)."""
+
+    device: torch.device
+    autocast: Callable[[], contextlib.AbstractContextManager] = contextlib.nullcontext
+    scale_loss: Callable[[torch.Tensor], torch.Tensor] = lambda loss: loss
+    trim_tokens: bool = False
+
+
+def forward_backward(model: nn.Module, micro_batches: Sequence[Batch], ctx: StepContext,
                      ) -> tuple[torch.Tensor, Diagnostics]:
     """Accumulate into ``.grad`` the gradients of the contrastive loss over all micro-batches.
 
-    ``model`` is a :class:`~clipforge.train.objective.TrainModel`, possibly wrapped (DDP/FSDP).
-    ``scale_loss`` multiplies the loss before backward (fp16 loss scaling). Returns the unscaled
-    loss (detached) and its diagnostics.
+    ``model`` is a :class:`~clipforge.train.objective.TrainModel`, possibly wrapped (DDP/FSDP); its
+    ``loss`` component computes the loss. ``ctx.scale_loss`` multiplies the loss before backward
+    (fp16 loss scaling). Returns the unscaled loss (detached) and its diagnostics.
     """
+    loss_fn = unwrap(model).loss
     if len(micro_batches) == 1:
-        images, tokens = _to(micro_batches[0], device)
-        with autocast():
-            outputs = model(images, tokens)
-        loss, diagnostics = compute_loss(loss_kind, *outputs)
-        scale_loss(loss).backward()
+        images, tokens = _to(micro_batches[0], ctx)
+        with ctx.autocast():
+            image_features, text_features, inputs = model(images, tokens)
+        loss, diagnostics = loss_fn(image_features, text_features, **inputs)
+        ctx.scale_loss(loss).backward()
     else:
-        loss, diagnostics = _grad_cache(model, micro_batches, loss_kind, device, autocast, scale_loss)
+        loss, diagnostics = _grad_cache(model, loss_fn, micro_batches, ctx)
     sync_replicated_grads(model)
     return loss.detach(), diagnostics
 
 
-def _to(batch: Batch, device: torch.device) -> Batch:
-    """The batch on ``device``; tokens cut after the longest caption first (exact: the text tower
-    is causal and read at the end-of-text token), while they are still on the host."""
+def _to(batch: Batch, ctx: StepContext) -> Batch:
+    """The batch on the device; tokens trimmed first where that is exact, while still on the host."""
     images, tokens = batch
-    return images.to(device, non_blocking=True), trim_tokens(tokens).to(device, non_blocking=True)
+    if ctx.trim_tokens:
+        tokens = trim_tokens(tokens)
+    return images.to(ctx.device, non_blocking=True), tokens.to(ctx.device, non_blocking=True)
 
 
 def _rng_state(device: torch.device) -> tuple[torch.Tensor, torch.Tensor | None]:
@@ -71,43 +82,42 @@ def _set_rng_state(state: tuple[torch.Tensor, torch.Tensor | None], device: torc
         torch.cuda.set_rng_state(state[1], device)
 
 
-def _grad_cache(model, micro_batches, loss_kind, device, autocast, scale_loss) -> tuple[torch.Tensor, Diagnostics]:
+def _grad_cache(model, loss_fn, micro_batches, ctx: StepContext) -> tuple[torch.Tensor, Diagnostics]:
+    device = ctx.device
     buffers = [b.detach().clone() for b in unwrap(model).buffers()]
     rng_states, cached = [], []
     with torch.no_grad():  # 1. embed everything without gradients
         for batch in micro_batches:
             rng_states.append(_rng_state(device))
-            images, tokens = _to(batch, device)
-            with autocast():
-                image_features, text_features, scale, bias = model(images, tokens)
+            images, tokens = _to(batch, ctx)
+            with ctx.autocast():
+                image_features, text_features, inputs = model(images, tokens)
             cached.append((upcast(image_features), upcast(text_features)))
         for live, saved in zip(unwrap(model).buffers(), buffers):
             live.copy_(saved)  # BatchNorm statistics are updated in step 3 only
-    # 2. the loss over the whole batch, backpropagated to the cached features and the loss scalars
+    # 2. the loss over the whole batch, backpropagated to the cached features and the loss's inputs
     image_cache = torch.cat([c[0] for c in cached]).requires_grad_()
     text_cache = torch.cat([c[1] for c in cached]).requires_grad_()
-    scale_leaf = upcast(scale.detach()).requires_grad_()
-    bias_leaf = upcast(bias.detach()).requires_grad_() if bias is not None else None
-    loss, diagnostics = compute_loss(loss_kind, image_cache, text_cache, scale_leaf, bias_leaf)
-    scale_loss(loss).backward()
+    leaves = {name: upcast(value.detach()).requires_grad_() for name, value in inputs.items()}
+    loss, diagnostics = loss_fn(image_cache, text_cache, **leaves)
+    ctx.scale_loss(loss).backward()
     sizes = [c[0].shape[0] for c in cached]
     image_grads, text_grads = image_cache.grad.split(sizes), text_cache.grad.split(sizes)
     # 3. re-embed each micro-batch with gradients; DDP synchronises on the last one only
     last = len(micro_batches) - 1
     for j, batch in enumerate(micro_batches):
         _set_rng_state(rng_states[j], device)
-        images, tokens = _to(batch, device)
+        images, tokens = _to(batch, ctx)
         with _no_sync(model, j < last):
-            with autocast():
-                image_features, text_features, scale, bias = model(images, tokens)
+            with ctx.autocast():
+                image_features, text_features, inputs = model(images, tokens)
             outputs, grads = [image_features, text_features], [image_grads[j], text_grads[j]]
-            # The loss scalars are used by every forward; their gradient is added once, with the last
+            # The loss's inputs are used by every forward; their gradient is added once, with the last
             # one (a zero elsewhere keeps every parameter in the graph, which DDP requires).
-            outputs.append(scale)
-            grads.append(scale_leaf.grad if j == last else torch.zeros_like(scale_leaf.grad))
-            if bias is not None:
-                outputs.append(bias)
-                grads.append(bias_leaf.grad if j == last else torch.zeros_like(bias_leaf.grad))
+            for name, value in inputs.items():
+                grad = leaves[name].grad
+                outputs.append(value)
+                grads.append(grad if j == last else torch.zeros_like(grad))
             pairs = [(o, g.to(o.dtype)) for o, g in zip(outputs, grads) if o.requires_grad]  # locked towers: none
             torch.autograd.backward([o for o, _ in pairs], [g for _, g in pairs])
     return loss.detach(), diagnostics

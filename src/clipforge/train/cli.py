@@ -40,9 +40,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--config", metavar="RECIPE", help="a TOML or JSON recipe (e.g. configs/demo.toml)")
     parser.add_argument("--set", metavar="KEY=VALUE", action="append", default=[],
                         help="override a config key, e.g. --set optim.lr=1e-3 (also: --optim.lr 1e-3)")
-    parser.add_argument("--out", metavar="DIR", help="the run directory (run.out)")
+    parser.add_argument("--out", metavar="DIR", help="the run directory (run.out): train_config.json, metrics.jsonl, "
+                        "data_report.json (bad samples), tokenizer/, checkpoints/, final/")
     parser.add_argument("--resume", metavar="latest|DIR", help="continue from the newest complete checkpoint or DIR")
     parser.add_argument("--stop-at", type=int, metavar="STEP", help="stop after STEP (checkpointed), to resume later")
+    parser.add_argument("--runlocal", action="store_true", help="a few steps of the recipe on a CPU, small towers")
     parser.add_argument("--print-config", action="store_true", help="print the resolved config and exit")
     for key in config_keys():
         parser.add_argument(f"--{key}", dest=f"{_PREFIX}{key}", default=argparse.SUPPRESS, help=argparse.SUPPRESS)
@@ -60,7 +62,7 @@ def overrides_from(args: argparse.Namespace) -> dict[str, str]:
 
 def run(args: argparse.Namespace) -> int:
     try:
-        config = load_config(args.config, overrides_from(args))
+        config = load_config(args.config, overrides_from(args), runlocal=args.runlocal)
     except (ConfigError, FileNotFoundError) as err:
         print(f"clipforge train: error: {err}", file=sys.stderr)
         return 2
@@ -69,9 +71,18 @@ def run(args: argparse.Namespace) -> int:
         return 0
     from clipforge.train.distributed import destroy_distributed
     from clipforge.train.loop import Trainer
+    from clipforge.train.state import ResumeError
+    from clipforge.train.watch import CollectiveError
 
     try:
         summary = Trainer(config).train(stop_at=args.stop_at)
+    except ResumeError as err:  # every rank refuses the same way; one says so
+        if os.environ.get("RANK", "0") == "0":
+            print(f"clipforge train: error: {err}", file=sys.stderr)
+        return 2
+    except CollectiveError as err:  # each rank says where it was and which ranks it waited for
+        print(f"clipforge train: error: {err}", file=sys.stderr, flush=True)
+        return 1
     finally:
         destroy_distributed()
     if os.environ.get("RANK", "0") == "0":

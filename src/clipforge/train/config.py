@@ -1,7 +1,8 @@
 """Training configuration: typed sections, recipes as TOML/JSON files, checked command-line overrides.
 
-A recipe has one table per section (``[run]``, ``[model]``, ``[tokenizer]``, ``[data]``, ``[optim]``,
-``[schedule]``, ``[precision]``, ``[checkpoint]``, ``[log]``, ``[eval]``). Every key is checked
+A recipe has one table per section (``[run]``, ``[model]``, ``[tokenizer]``, ``[data]``, ``[loss]``,
+``[optim]``, ``[schedule]``, ``[precision]``, ``[checkpoint]``, ``[log]``, ``[eval]``, ``[distributed]``).
+``[loss]``'s keys depend on its ``kind``: each loss declares its own (``clipforge.train.losses``). Every key is checked
 against the section's dataclass: an unknown key, or a value of the wrong type, is an error naming
 the key. Overrides (``optim.lr=1e-3``) are checked the same way. The resolved configuration is saved
 as ``train_config.json`` in the run directory; that file is itself a valid recipe.
@@ -21,6 +22,10 @@ from typing import Any
 
 from clipforge.config import TextConfig, VisionConfig
 from clipforge.data.loader import DataConfig
+from clipforge.paths import atomic_write
+from clipforge.train import checks
+from clipforge.train.distributed import DistributedConfig
+from clipforge.train.losses import LossConfig
 from clipforge.train.optim import OptimConfig, ScheduleConfig
 from clipforge.train.precision import PrecisionConfig
 
@@ -36,7 +41,8 @@ class RunConfig:
     steps: int | None = None  # optimizer steps; None: epochs × steps per epoch
     epochs: int = 1
     accum_steps: int = 1  # micro-batches per step (exact contrastive accumulation)
-    loss: str = "clip"  # "clip" (softmax) or "siglip" (sigmoid)
+    global_batch: int | None = None  # instead of accum_steps: accumulate global_batch / (batch_size × processes)
+    trim_tokens: bool | None = None  # cut token batches after the longest caption; None: where exact
     device: str = "auto"  # "auto", "cpu" or "cuda"
     distributed: str = "auto"  # "auto" (DDP), "ddp" or "fsdp"
     threads: int | None = None  # torch threads per process; None: torch's default
@@ -50,7 +56,6 @@ class ModelSection:
     name: str = "demo-rn"  # a registered config
     pretrained: str | None = None  # a checkpoint to start from (any format clipforge.load reads)
     embed_dim: int | None = None
-    init_logit_scale: float | None = None  # None: ln(1/0.07); SigLIP uses ln(10)
     vision: dict[str, Any] = field(default_factory=dict)  # VisionConfig field changes
     text: dict[str, Any] = field(default_factory=dict)  # TextConfig field changes (vocab_size follows the tokenizer)
 
@@ -66,6 +71,8 @@ class TokenizerSection:
     source: str = "openai"  # "openai", a directory written by Tokenizer.save, or "learn"
     vocab_size: int = 2048  # for "learn": the size of the BPE vocabulary learned from the captions
     captions: str | None = None  # for "learn": a text file, one caption a line
+    # for "learn": "bpe" (CLIP's byte-level BPE) or "sentencepiece" (SigLIP's: unigram, lowercased, EOS-padded)
+    kind: str = "bpe"
 
 
 @dataclass(frozen=True)
@@ -95,12 +102,19 @@ class TrainConfig:
     model: ModelSection = field(default_factory=ModelSection)
     tokenizer: TokenizerSection = field(default_factory=TokenizerSection)
     data: DataConfig = field(default_factory=DataConfig)
+    loss: LossConfig = field(default_factory=lambda: LossConfig.variant({})())
     optim: OptimConfig = field(default_factory=OptimConfig)
     schedule: ScheduleConfig = field(default_factory=ScheduleConfig)
     precision: PrecisionConfig = field(default_factory=PrecisionConfig)
     checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
     log: LogConfig = field(default_factory=LogConfig)
     eval: EvalSection = field(default_factory=EvalSection)
+    distributed: DistributedConfig = field(default_factory=DistributedConfig)
+
+    def __post_init__(self) -> None:
+        found = checks.problems(self)
+        if found:
+            raise ConfigError("; ".join(found))
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> "TrainConfig":
@@ -110,12 +124,12 @@ class TrainConfig:
         return dataclasses.asdict(self)
 
     def save(self, path: str | Path) -> None:
-        Path(path).write_text(json.dumps(self.to_dict(), indent=2) + "\n")
+        atomic_write(path, json.dumps(self.to_dict(), indent=2) + "\n")
 
     def replace(self, overrides: dict[str, Any]) -> "TrainConfig":
         """A copy with ``{"section.key": value}`` changes (values typed or strings), checked."""
         raw = self.to_dict()
-        for key, value in overrides.items():
+        for key, value in _kinds_first(overrides):
             apply_override(raw, key, value)
         return TrainConfig.from_dict(raw)
 
@@ -151,12 +165,47 @@ def read_recipe(path: str | Path) -> dict[str, Any]:
         raise ConfigError(f"recipe {path}: not valid {kind}: {err}") from err
 
 
-def load_config(path: str | Path | None = None, overrides: dict[str, Any] | None = None) -> TrainConfig:
-    """The recipe at ``path`` (defaults when None) with ``overrides`` applied, checked."""
+def load_config(path: str | Path | None = None, overrides: dict[str, Any] | None = None,
+                runlocal: bool = False) -> TrainConfig:
+    """The recipe at ``path`` (defaults when None) with ``overrides`` applied, checked.
+
+    ``runlocal``: first lay the packaged ``runlocal.toml`` over it (a few steps on a CPU, small towers)."""
     raw = read_recipe(path) if path is not None else {}
-    for key, value in (overrides or {}).items():
+    if runlocal:
+        raw = runlocal_recipe(raw)
+    for key, value in _kinds_first(overrides or {}):
         apply_override(raw, key, value)
     return TrainConfig.from_dict(raw)
+
+
+def runlocal_recipe(raw: dict[str, Any]) -> dict[str, Any]:
+    """``raw`` with ``train/recipes/runlocal.toml`` laid over it: its tables, then those of the image
+    tower's family (``[kind.vit]``, ``[kind.resnet]``); the run directory moves under runs/runlocal/."""
+    from importlib import resources
+
+    from clipforge.factory import resolve_config
+
+    local = read_recipe(Path(str(resources.files("clipforge.train.recipes").joinpath("runlocal.toml"))))
+    by_kind = local.pop("kind")
+    model = raw.get("model", {})
+    kind = resolve_config(model.get("name", ModelSection.name), vision=dict(model.get("vision", {}))).vision.kind
+    out = _merged(_merged(raw, local), by_kind.get(kind, {}))
+    out["run"].pop("accum_steps", None)  # runlocal's global_batch sets the accumulation
+    out["run"]["out"] = str(Path("runs") / "runlocal" / Path(raw.get("run", {}).get("out", RunConfig.out)).name)
+    return out
+
+
+def _merged(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
+    """Tables merged key by key (``over`` wins); other values replaced."""
+    out = dict(base)
+    for key, value in over.items():
+        out[key] = _merged(out[key], value) if isinstance(value, dict) and isinstance(out.get(key), dict) else value
+    return out
+
+
+def _kinds_first(overrides: dict[str, Any]) -> list[tuple[str, Any]]:
+    """Overrides with ``*.kind`` first: the other keys of such a section are checked against its kind."""
+    return sorted(overrides.items(), key=lambda item: not item[0].endswith(".kind"))
 
 
 # ---- typed building and checking ------------------------------------------------------------------
@@ -166,6 +215,23 @@ def _field_types(cls: type) -> dict[str, Any]:
     return typing.get_type_hints(cls)
 
 
+# Keys that moved, with where they went: a recipe that still uses one gets told.
+MOVED = {
+    "run.loss": '[loss] kind (e.g. [loss] kind = "siglip"; each loss has its own keys)',
+    "model.init_logit_scale": "[loss] init_logit_scale (the loss initialises the temperature it trains)",
+}
+
+
+def _variant(cls: type, data: Any) -> type:
+    """A section whose keys depend on one of them (``[loss]`` by its ``kind``): the dataclass for ``data``."""
+    if hasattr(cls, "variant") and isinstance(data, dict):
+        try:
+            return cls.variant(data)
+        except ValueError as err:
+            raise ConfigError(str(err)) from err
+    return cls
+
+
 def _known(cls: type, data: dict[str, Any], where: str) -> dict[str, Any]:
     if not isinstance(data, dict):
         raise ConfigError(f"{where or 'config'}: expected a table of keys, got {type(data).__name__}")
@@ -173,6 +239,8 @@ def _known(cls: type, data: dict[str, Any], where: str) -> dict[str, Any]:
     for key in data:
         if key not in names:
             full = f"{where}.{key}" if where else key
+            if full in MOVED:
+                raise ConfigError(f"config key {full!r} has moved: use {MOVED[full]}")
             close = difflib.get_close_matches(key, names, n=1)
             hint = f" (did you mean {close[0]!r}?)" if close else ""
             raise ConfigError(f"unknown config key {full!r}{hint}; known keys here: {', '.join(names)}")
@@ -181,6 +249,7 @@ def _known(cls: type, data: dict[str, Any], where: str) -> dict[str, Any]:
 
 def build(cls: type, data: dict[str, Any], where: str) -> Any:
     """An instance of dataclass ``cls`` from a dict, every key and value checked against the fields."""
+    cls = _variant(cls, data)
     types_ = _field_types(cls)
     values = {k: _coerce(v, types_[k], f"{where}.{k}" if where else k) for k, v in _known(cls, data, where).items()}
     try:
@@ -210,7 +279,7 @@ def _coerce(value: Any, tp: Any, key: str) -> Any:
                 continue
         raise ConfigError(f"config key {key!r}: {value!r} is not a {_type_name(tp)}")
     if dataclasses.is_dataclass(tp):
-        if isinstance(value, tp):
+        if isinstance(value, _variant(tp, value) if isinstance(value, dict) else tp):
             return value
         return build(tp, value, key)
     if origin in (tuple, list):
@@ -257,11 +326,17 @@ def _parse_literal(text: str) -> Any:
         return text
 
 
-def _field_type_at(path: list[str]) -> Any:
-    """The declared type of a dotted key, checking every part (dict fields take any sub-key)."""
+def _field_type_at(path: list[str], raw: dict[str, Any]) -> Any:
+    """The declared type of a dotted key, checking every part (dict fields take any sub-key).
+
+    ``raw`` is the recipe being changed: a section whose keys depend on its ``kind`` is checked
+    against the dataclass that kind selects there."""
     tp: Any = TrainConfig
+    node: Any = raw
     for depth, part in enumerate(path):
         if dataclasses.is_dataclass(tp):
+            tp = _variant(tp, node if isinstance(node, dict) else {})
+            node = node.get(part, {}) if isinstance(node, dict) else {}
             _known(tp, {part: None}, ".".join(path[:depth]))
             tp = _field_types(tp)[part]
         elif path[:2] == ["model", "vision"] or path[:2] == ["model", "text"]:
@@ -278,7 +353,7 @@ def apply_override(raw: dict[str, Any], key: str, value: Any) -> None:
     path = key.split(".")
     if len(path) < 2 or not all(path):
         raise ConfigError(f"override {key!r}: expected section.key (e.g. optim.lr)")
-    tp = _field_type_at(path)
+    tp = _field_type_at(path, raw)
     if isinstance(value, str):
         literal = _parse_literal(value)
         try:
@@ -292,7 +367,25 @@ def apply_override(raw: dict[str, Any], key: str, value: Any) -> None:
         node = node.setdefault(part, {})
         if not isinstance(node, dict):
             raise ConfigError(f"override {key!r}: {part!r} is not a table in the recipe")
+    if path[-1] == "kind" and node.get("kind", value) != value:
+        _switch_kind(node, path[:-1], value)
     node[path[-1]] = list(value) if isinstance(value, tuple) else value
+
+
+def _switch_kind(node: dict[str, Any], path: list[str], kind: Any) -> None:
+    """A section changes kind: keep the keys the new kind has and the user set (values that differ
+    from the old kind's defaults); the rest take the new kind's defaults."""
+    tp: Any = TrainConfig
+    for part in path:
+        tp = _field_types(tp)[part] if dataclasses.is_dataclass(tp) else None
+    if tp is None or not hasattr(tp, "variant"):
+        return
+    old, new = _variant(tp, node), _variant(tp, {**node, "kind": kind})
+    defaults = {f.name: f.default for f in dataclasses.fields(old)}
+    new_names = {f.name for f in dataclasses.fields(new)}
+    for name in list(node):
+        if name != "kind" and (name not in new_names or node[name] == defaults.get(name, object())):
+            del node[name]
 
 
 def parse_overrides(items: list[str]) -> dict[str, str]:

@@ -12,13 +12,12 @@ import numpy as np
 import torch
 
 from clipforge.train.config import EvalSection
-from clipforge.transforms import eval_transform
 
 
 class PeriodicEval:
     """``evaluate(model)`` → CLIP_benchmark's zero-shot metrics (``acc1``, ``mean_per_class_recall`` ...)."""
 
-    def __init__(self, cfg: EvalSection, image_size: int, tokenizer: Callable[..., torch.Tensor]):
+    def __init__(self, cfg: EvalSection, preprocess: Callable, tokenizer: Callable[..., torch.Tensor]):
         from clipforge.eval import load_classification_set
 
         if not cfg.data:
@@ -29,7 +28,7 @@ class PeriodicEval:
         self.name, self.classnames = dataset.name, list(dataset.classnames)
         self.paths = [dataset.paths[i] for i in keep]
         self.labels = dataset.labels[keep]
-        self.preprocess = eval_transform(image_size)
+        self.preprocess = preprocess
         self._images: torch.Tensor | None = None
 
     def images(self) -> torch.Tensor:

@@ -13,6 +13,8 @@ import time
 from pathlib import Path
 from typing import Any, TextIO
 
+from clipforge.paths import atomic_write
+
 METRICS_NAME = "metrics.jsonl"
 
 
@@ -26,13 +28,18 @@ def format_duration(seconds: float) -> str:
 
 
 class MetricsLog:
-    """Appends records to ``metrics.jsonl`` (and TensorBoard); a no-op on ranks other than 0."""
+    """Appends records to ``metrics.jsonl`` (and TensorBoard); a no-op on ranks other than 0.
+
+    A run starts by :meth:`truncate_after` its starting step, so the file never holds a killed
+    run's records twice.
+    """
 
     def __init__(self, run_dir: str | Path, enabled: bool = True, tensorboard: bool = True):
         self.enabled, self.tensorboard = enabled, tensorboard
         self.path = Path(run_dir) / METRICS_NAME
         self._file: TextIO | None = None
         self._tb = None
+        self._purge_step: int | None = None
 
     def _open(self) -> TextIO:
         """Opened on first write (and again after ``close``): a closed log can be written to later."""
@@ -40,17 +47,24 @@ class MetricsLog:
             self.path.parent.mkdir(parents=True, exist_ok=True)
             self._file = open(self.path, "a", encoding="utf-8")
             if self.tensorboard and self._tb is None:
-                self._tb = _tensorboard_writer(self.path.parent / "tensorboard")
+                self._tb = _tensorboard_writer(self.path.parent / "tensorboard", self._purge_step)
         return self._file
 
     def truncate_after(self, step: int) -> None:
-        """Drop records past ``step`` (written by a run that was killed after its last checkpoint)."""
-        if not self.enabled or not self.path.is_file():
+        """Drop records past ``step`` (0: all of them): they were written by a run that was killed
+        after its last checkpoint, or before its first. The file is rewritten atomically (a kill
+        during the rewrite leaves the old file whole), and TensorBoard hides its events past ``step``."""
+        if not self.enabled:
             return
         self.close()
-        keep = [line for line in self.path.read_text(encoding="utf-8").splitlines()
-                if line.strip() and json.loads(line).get("step", 0) <= step]
-        self.path.write_text("".join(f"{line}\n" for line in keep), encoding="utf-8")
+        self._purge_step = step + 1
+        if not self.path.is_file():
+            return
+        lines = self.path.read_text(encoding="utf-8").splitlines()
+        keep = [line for line in lines if line.strip() and _step_of(line) <= step]
+        if len(keep) != len(lines):
+            text = "".join(f"{line}\n" for line in keep)
+            atomic_write(self.path, text)
 
     def write(self, record: dict[str, Any]) -> None:
         if not self.enabled:
@@ -73,12 +87,21 @@ class MetricsLog:
             self._tb = None
 
 
-def _tensorboard_writer(directory: Path):
+def _step_of(line: str) -> float:
+    """A record's step; a line cut short by a kill (not JSON) sorts last, so it is dropped."""
+    try:
+        return json.loads(line).get("step", 0)
+    except ValueError:
+        return math.inf
+
+
+def _tensorboard_writer(directory: Path, purge_step: int | None):
     try:
         from torch.utils.tensorboard import SummaryWriter
     except ImportError:  # tensorboard is optional
         return None
-    return SummaryWriter(str(directory))
+    # purge_step: events of a killed run at or past this step are hidden (the run repeats them)
+    return SummaryWriter(str(directory), purge_step=purge_step)
 
 
 def read_metrics(run_dir: str | Path, kind: str = "train") -> list[dict[str, Any]]:

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from clipforge.config import MAX_LOGIT_SCALE
+from clipforge import families
 
 
 @dataclass(frozen=True)
@@ -29,6 +29,8 @@ class OptimConfig:
     lock_text: bool = False
     lock_text_unlocked_layers: int = 0
     fused: bool = False  # one fused AdamW kernel per step (CPU and CUDA) instead of the foreach kernels
+    moment_dtype: str = "fp32"  # Adam's statistics stored in "fp32", "bf16" or "fp16" (paper 2.5); update in fp32
+    rounding: str | None = None  # "stochastic" or "nearest" for what is stored in bf16/fp16; None: stochastic
 
 
 @dataclass(frozen=True)
@@ -36,10 +38,6 @@ class ScheduleConfig:
     kind: str = "cosine"  # "cosine" or "constant" (both after the warm-up)
     warmup_steps: int = 2000
     min_lr: float = 0.0
-
-
-# (β2, ε) by image-tower family (paper, Appendix F, Tables 19-20).
-FAMILY_ADAM = {"vit": (0.98, 1e-6), "resnet": (0.999, 1e-8)}
 
 
 def _no_decay(name: str, param: nn.Parameter) -> bool:
@@ -56,14 +54,26 @@ def param_groups(model: nn.Module, weight_decay: float) -> list[dict]:
     return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
 
 
-def build_optimizer(model: nn.Module, cfg: OptimConfig, family: str) -> torch.optim.AdamW:
-    """AdamW over ``model``'s trainable parameters; ``family`` is "vit" or "resnet"."""
-    beta2, eps = FAMILY_ADAM[family]
+def build_optimizer(model: nn.Module, cfg: OptimConfig, adam: tuple[float, float], seed: int = 0) -> torch.optim.Optimizer:
+    """AdamW over ``model``'s trainable parameters; ``adam`` is the (β2, ε) the image tower's family
+    declares (the paper's, Appendix F), used where the config leaves them unset.
+
+    PyTorch's AdamW, unless statistics or parameters are stored in half precision: then
+    :class:`~clipforge.train.lowprec.LowPrecisionAdamW` (``seed`` seeds its stochastic rounding)."""
+    beta2, eps = adam
     beta2 = cfg.beta2 if cfg.beta2 is not None else beta2
     eps = cfg.eps if cfg.eps is not None else eps
     groups = [g for g in param_groups(model, cfg.weight_decay) if g["params"]]
     if not groups:
         raise ValueError("no trainable parameters: both towers and every parameter are locked")
+    low_precision = cfg.moment_dtype != "fp32" or any(p.dtype != torch.float32 for g in groups for p in g["params"])
+    if low_precision:
+        from clipforge.train.lowprec import DTYPES, LowPrecisionAdamW
+
+        if cfg.moment_dtype not in DTYPES:
+            raise ValueError(f"optim.moment_dtype {cfg.moment_dtype!r}: expected one of {sorted(DTYPES)}")
+        return LowPrecisionAdamW(groups, lr=cfg.lr, betas=(cfg.beta1, beta2), eps=eps, moment_dtype=DTYPES[cfg.moment_dtype],
+                                 stochastic=cfg.rounding != "nearest", seed=seed)
     # Both implementations keep the arithmetic order fixed from run to run (bitwise-exact resume);
     # fused also takes GradScaler's overflow flag on the device instead of reading it to the host.
     kind = {"fused": True} if cfg.fused else {"foreach": True}
@@ -88,27 +98,14 @@ def set_learning_rate(optimizer: torch.optim.Optimizer, lr: float) -> None:
         group["lr"] = lr
 
 
-@torch.no_grad()
-def clamp_logit_scale(clip: nn.Module) -> None:
-    """Paper, section 2.5: the temperature is clipped so that exp(logit_scale) ≤ 100."""
-    clip.logit_scale.clamp_(0, MAX_LOGIT_SCALE)
-
-
 def image_layer_groups(clip: nn.Module) -> list[list[nn.Module | nn.Parameter]]:
     """The image tower in order, input to output: stem, one group per block/stage, head."""
-    visual = clip.visual
-    if hasattr(visual, "attnpool"):  # ModifiedResNet
-        stem = [visual.conv1, visual.bn1, visual.conv2, visual.bn2, visual.conv3, visual.bn3]
-        return [stem, *[[getattr(visual, f"layer{i}")] for i in range(1, 5)], [visual.attnpool]]
-    stem = [visual.conv1, visual.class_embedding, visual.positional_embedding, visual.ln_pre]
-    blocks = [[block] for block in visual.transformer.resblocks]
-    return [stem, *blocks, [visual.ln_post, visual.proj]]
+    return families.of(clip.config.vision).layer_groups(clip.visual)
 
 
 def text_layer_groups(clip: nn.Module) -> list[list[nn.Module | nn.Parameter]]:
-    stem = [clip.token_embedding, clip.positional_embedding]
-    blocks = [[block] for block in clip.transformer.resblocks]
-    return [stem, *blocks, [clip.ln_final, clip.text_projection]]
+    family = families.of(clip.config.text)
+    return family.layer_groups(family.tower_module(clip))
 
 
 def lock_groups(groups: list[list[nn.Module | nn.Parameter]], unlocked: int) -> list[nn.Module]:

@@ -1,8 +1,10 @@
 """Numerical precision and memory: fp32, bf16 autocast, fp16 with loss scaling; checkpointing; compile.
 
-Parameters and optimizer state stay in float32 in every mode; autocast chooses the precision of
-each operation (no casts inside the model). fp16's narrow range needs a dynamic loss scale
-(``GradScaler``), bf16 does not.
+Autocast chooses the precision of each operation (no casts inside the model). fp16's narrow range
+needs a dynamic loss scale (``GradScaler``), bf16 does not. Parameters stay in float32, except the
+towers named by ``text_weights`` / ``vision_weights`` = "bf16": those are stored in bf16 with no
+float32 master copy (paper, section 2.5: "half-precision stochastically rounded text encoder
+weights"), their updates rounded stochastically by :class:`clipforge.train.lowprec.LowPrecisionAdamW`.
 """
 
 from __future__ import annotations
@@ -11,6 +13,8 @@ import contextlib
 from dataclasses import dataclass
 
 import torch
+
+from clipforge.train.optim import image_layer_groups, text_layer_groups
 
 DTYPES = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
 
@@ -21,6 +25,30 @@ class PrecisionConfig:
     grad_checkpointing: bool = False  # recompute activations in the backward pass
     compile: bool = False  # torch.compile the training forward
     channels_last: bool = False  # NHWC convolutions (faster for ResNets with oneDNN on CPUs and on tensor cores)
+    text_weights: str = "fp32"  # "fp32" or "bf16": the text tower stored in bf16, no float32 copy (stochastic rounding)
+    vision_weights: str = "fp32"  # likewise for the image tower
+
+
+WEIGHT_DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
+
+
+def store_towers(clip: torch.nn.Module, cfg: PrecisionConfig) -> list[torch.nn.Parameter]:
+    """Cast the parameters of the towers ``cfg`` names to bf16, in place (buffers such as BatchNorm
+    statistics stay float32); the towers' parameters come from their families' layer groups.
+    Returns the parameters cast."""
+    cast = []
+    for name, groups in (("vision_weights", image_layer_groups), ("text_weights", text_layer_groups)):
+        dtype = WEIGHT_DTYPES.get(getattr(cfg, name))
+        if dtype is None:
+            raise ValueError(f"precision.{name} {getattr(cfg, name)!r}: expected one of {sorted(WEIGHT_DTYPES)}")
+        if dtype == torch.float32:
+            continue
+        for group in groups(clip):
+            for item in group:
+                for param in [item] if isinstance(item, torch.nn.Parameter) else item.parameters():
+                    param.data = param.data.to(dtype)
+                    cast.append(param)
+    return cast
 
 
 class Precision:

@@ -67,23 +67,38 @@ def write_model_dir(directory: Path, state: dict[str, torch.Tensor], config: Mod
         tokenizer.save(directory)
 
 
+def replace_dir(target: Path, write: Callable[[Path], None]) -> Path:
+    """Write a directory under a temporary name (``.tmp_<name>``), fsync it, then rename it into place.
+
+    A reader sees the old directory or the new one whole, never a mix; a kill mid-write leaves
+    only the ``.tmp_`` directory, which the next write (or :func:`remove_unfinished`) removes.
+    """
+    tmp, old = target.with_name(f".tmp_{target.name}"), target.with_name(f".old_{target.name}")
+    for stale in (tmp, old):
+        shutil.rmtree(stale, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    write(tmp)
+    _fsync_tree(tmp)
+    if target.exists():  # written again (a resumed run): the old one goes only once the new one is whole
+        os.replace(target, old)
+    os.replace(tmp, target)
+    _fsync_dir(target.parent)
+    shutil.rmtree(old, ignore_errors=True)
+    return target
+
+
 def save_checkpoint(run_dir: str | Path, step: int, write_model: Callable[[Path], None],
                     train_state: dict[str, Any], keep: int) -> Path:
     """Write checkpoint ``step`` atomically, then delete all but the ``keep`` newest. Returns its path."""
     root = checkpoints_root(run_dir)
     root.mkdir(parents=True, exist_ok=True)
-    final = root / f"step_{step:06d}"
-    tmp = root / f".tmp_step_{step:06d}"
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir()
-    write_model(tmp)
-    _test_pause(step)
-    torch.save({"format": STATE_FORMAT, **train_state}, tmp / STATE_NAME)
-    _fsync_tree(tmp)
-    if final.exists():  # the same step written again (a resumed run): replace it
-        shutil.rmtree(final)
-    os.replace(tmp, final)
-    _fsync_dir(root)
+
+    def write(directory: Path) -> None:
+        write_model(directory)
+        _test_pause(step)
+        torch.save({"format": STATE_FORMAT, **train_state}, directory / STATE_NAME)
+
+    final = replace_dir(root / f"step_{step:06d}", write)
     for old in list_checkpoints(run_dir)[:-keep] if keep > 0 else []:
         shutil.rmtree(old, ignore_errors=True)
     return final
@@ -107,9 +122,21 @@ def list_checkpoints(run_dir: str | Path) -> list[Path]:
 
 
 def remove_unfinished(run_dir: str | Path) -> list[Path]:
-    """Delete ``.tmp_*`` directories left by a process killed while writing; returns them."""
+    """Delete ``.tmp_*`` directories left by a process killed while writing; returns them.
+
+    An ``.old_*`` directory (killed between the two renames of a rewrite) is the complete earlier
+    copy: it is put back when the new one never arrived, else deleted.
+    """
     root = checkpoints_root(run_dir)
-    stale = sorted(root.glob(".tmp_step_*")) if root.is_dir() else []
+    if not root.is_dir():
+        return []
+    for old in root.glob(".old_step_*"):
+        home = old.with_name(old.name.removeprefix(".old_"))
+        if home.exists():
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            os.replace(old, home)
+    stale = sorted(root.glob(".tmp_step_*"))
     for path in stale:
         shutil.rmtree(path, ignore_errors=True)
     return stale
@@ -139,6 +166,19 @@ def find_resumable(run_dir: str | Path, log: Callable[[str], None] = print
         except CheckpointError as err:
             log(f"skipping checkpoint {path.name}: it cannot be read completely ({err})")
     return None
+
+
+class ResumeError(ValueError):
+    """A checkpoint that this run cannot continue exactly (e.g. written by another number of ranks)."""
+
+
+def world_size_mismatch(path: Path, written: int, now: int) -> str:
+    """Why a checkpoint of ``written`` ranks cannot continue with ``now``, and what to do instead."""
+    return (f"{path} was written by {written} process(es) and this run has {now}. The epoch's data order, "
+            f"each rank's data position and random state belong to {written} ranks, so only {written} can "
+            f"continue it exactly: resume with {written} process(es) (e.g. torchrun --nproc-per-node {written}), "
+            f"or start a new run from its weights and tokenizer: --out NEW_DIR --set model.pretrained={path} "
+            f"--set tokenizer.source={path} (optimizer state, schedule and data position then start afresh)")
 
 
 # ---- random number generator states, as tensors and plain values (weights_only-loadable) -----------

@@ -1,21 +1,31 @@
-"""Contrastive losses as pure functions of features: CLIP's softmax loss and SigLIP's sigmoid loss.
+"""CLIP's loss: symmetric cross-entropy over the image-text similarities (paper section 2.3, Figure 3).
 
-Both take this rank's features and, for several processes, every rank's features (gathered with
-gradients by :func:`clipforge.train.distributed.gather_features`); each rank computes only its own
-rows of the similarity matrix, so memory grows linearly with the global batch (paper, Figure 3's
-pseudo-code computed the whole N×N matrix on one device). Without ``all_*`` arguments the loss is
-the single-process loss.
-
-Averaging: each rank's loss is the mean over its own rows; data-parallel training averages the
-gradients over ranks, so R ranks × B samples give exactly the gradient of one process with R·B.
+Distributed strategy: each rank gathers every rank's features with gradients
+(:func:`clipforge.train.distributed.gather_features`) and computes only its own rows of the
+similarity matrix, so memory grows linearly with the global batch (Figure 3's pseudo-code computed
+the whole N×N matrix on one device). Each rank's loss is the mean over its own rows; data-parallel
+training averages gradients over ranks, so R ranks × B samples give exactly the gradient of one
+process with R·B.
 """
 
 from __future__ import annotations
 
+import math
+from dataclasses import dataclass
+
 import torch
 import torch.nn.functional as F
+from torch import nn
 
-Diagnostics = dict[str, torch.Tensor]
+from clipforge.train.distributed import gather_features
+from clipforge.train.losses import Diagnostics, Loss, LossConfig, register_loss, upcast
+
+
+@dataclass(frozen=True)
+class ClipLossConfig(LossConfig):
+    kind: str = "clip"
+    init_logit_scale: float | None = None  # None: the model config's, ln(1/0.07) (paper section 2.5)
+    max_logit_scale: float | None = 100.0  # exp(logit_scale) is clipped to this (section 2.5); None: no clip
 
 
 def _rows(image_features: torch.Tensor, text_features: torch.Tensor,
@@ -66,34 +76,41 @@ def clip_loss(
     return loss, diagnostics
 
 
-def siglip_loss(
-    image_features: torch.Tensor,
-    text_features: torch.Tensor,
-    logit_scale: torch.Tensor,
-    logit_bias: torch.Tensor,
-    *,
-    all_image_features: torch.Tensor | None = None,
-    all_text_features: torch.Tensor | None = None,
-    offset: int = 0,
-) -> tuple[torch.Tensor, Diagnostics]:
-    """SigLIP's pairwise sigmoid loss (Zhai et al. 2023, Algorithm 1): every pair is a binary task.
 
-    Shapes as :func:`clip_loss`; ``logit_bias`` is a learned scalar (SigLIP initialises it to -10 and
-    the log scale to ln 10). Each rank takes its image rows against all N texts, which covers the
-    N×N matrix once; the loss is -Σ log σ(z·(scale·x·y + bias)) divided by the local batch, the
-    paper's normalisation (by |B|, not |B|²).
-    """
-    all_images, all_texts, labels = _rows(image_features, text_features, all_image_features, all_text_features, offset)
-    logits = logit_scale * image_features @ all_texts.t() + logit_bias  # [B, N]
-    signs = -torch.ones_like(logits)
-    signs[torch.arange(labels.shape[0], device=logits.device), labels] = 1.0  # +1 on the positives
-    loss = -F.logsigmoid(signs * logits).sum() / image_features.shape[0]
-    with torch.no_grad():
-        logits_per_text = text_features @ all_images.t()  # [B, N]; the scale does not change the argmax
-        diagnostics = {
-            "i2t_acc": (logits.argmax(dim=1) == labels).float().mean(),
-            "t2i_acc": (logits_per_text.argmax(dim=1) == labels).float().mean(),
-            "logit_scale": logit_scale.detach().clone(),
-            "logit_bias": logit_bias.detach().clone(),
-        }
-    return loss, diagnostics
+class ClipLoss(Loss):
+    config: ClipLossConfig
+
+    def inputs(self, clip: nn.Module) -> dict[str, torch.Tensor]:
+        return {"logit_scale": clip.logit_scale.exp()}
+
+    def forward(self, image_features: torch.Tensor, text_features: torch.Tensor,
+                logit_scale: torch.Tensor) -> tuple[torch.Tensor, Diagnostics]:
+        image_features, text_features = upcast(image_features), upcast(text_features)
+        all_images, offset = gather_features(image_features)
+        all_texts, _ = gather_features(text_features)
+        return clip_loss(image_features, text_features, upcast(logit_scale), all_image_features=all_images,
+                         all_text_features=all_texts, offset=offset)
+
+    @torch.no_grad()
+    def init_model(self, clip: nn.Module) -> None:
+        init_temperature(clip, self.config.init_logit_scale)
+
+    @torch.no_grad()
+    def after_step(self, clip: nn.Module) -> None:
+        clamp_temperature(clip, self.config.max_logit_scale)
+
+
+@torch.no_grad()
+def init_temperature(clip: nn.Module, init_logit_scale: float | None) -> None:
+    if init_logit_scale is not None:
+        clip.logit_scale.fill_(init_logit_scale)
+
+
+@torch.no_grad()
+def clamp_temperature(clip: nn.Module, max_logit_scale: float | None) -> None:
+    """Paper, section 2.5: the temperature is clipped so that exp(logit_scale) ≤ max (100)."""
+    if max_logit_scale is not None:
+        clip.logit_scale.clamp_(0, math.log(max_logit_scale))
+
+
+register_loss(ClipLossConfig, ClipLoss)

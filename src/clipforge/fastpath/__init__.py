@@ -10,14 +10,15 @@ Each one is optional and measured in ``benchmarks/`` (see ``benchmarks/results/`
 * ``channels_last``: NHWC weights and activations for the ModifiedResNet (oneDNN and cuDNN
   convolutions run faster in that layout).
 * ``fold_batchnorm``: for inference, fold each eval-mode BatchNorm into the convolution before it.
-* ``optimize_for_inference``: the above for an eval-mode model, optionally ``torch.compile``.
+* ``optimize_for_inference``: the above for an eval-mode model, plus, on a CPU, the batch in
+  cache-sized pieces on concurrent single-threaded streams (:mod:`.pieces`) and blocks that add
+  their residuals inside the GEMMs (:mod:`.blocks`); optionally ``torch.compile``. The model's
+  parameters and state_dict keys are unchanged: the towers' classes are swapped for subclasses.
 
-The towers themselves skip work nobody reads (the last block computes only the class / end-of-text
-token) and, on a CPU in eval mode without autograd, run a batch in cache-sized pieces, one per
-intra-op thread at a time (``clipforge.model.pieces``; ``inference_chunk_rows`` and
-``inference_streams`` on each tower).
+The model itself only skips work nobody reads (the last block computes only the class / end-of-text
+token, in training too). Nothing here runs at import.
 
-This module is part of the library layer: it imports nothing from data/, train/, eval/ or serve/.
+This package is part of the library layer: it imports nothing from data/, train/, eval/ or serve/.
 """
 
 from __future__ import annotations
@@ -29,32 +30,13 @@ import torch
 from torch import nn
 from torch.nn.utils.fusion import fuse_conv_bn_eval
 
+from clipforge import families
+from clipforge.fastpath.blocks import fuse_blocks
+from clipforge.fastpath.pieces import Pieces, run_in_pieces
+from clipforge.fastpath.tokens import trim_tokens, trimmed_length, trims_exactly
 
-def trimmed_length(tokens: torch.Tensor, multiple: int = 8) -> int:
-    """The shortest length that keeps every row's end-of-text token, rounded up to ``multiple``.
-
-    ``tokens`` [N, L] int ids padded with 0 after the EOT, whose id is the largest in the vocabulary
-    (``encode_text`` finds it with ``argmax``). The rounding bounds the number of distinct shapes
-    (one compiled graph / one cuDNN plan per bucket). Reads a value to the host: a sync on CUDA.
-    """
-    if tokens.dim() != 2:
-        raise ValueError(f"tokens must be [N, L], got shape {tuple(tokens.shape)}")
-    if multiple < 1:
-        raise ValueError(f"multiple must be >= 1, got {multiple}")
-    full = tokens.shape[1]
-    if tokens.shape[0] == 0 or full == 0:
-        return full
-    longest = int(tokens.argmax(dim=1).max()) + 1  # EOT positions are 0-based
-    return min(full, -(-longest // multiple) * multiple)
-
-
-def trim_tokens(tokens: torch.Tensor, multiple: int = 8) -> torch.Tensor:
-    """Token ids [N, L] → [N, L'] with L' = ``trimmed_length(tokens, multiple)`` ≤ L (a view).
-
-    ``model.encode_text`` gives the same features for both (the causal mask means no position
-    attends to a later one, and the output is read at the EOT position, which is kept).
-    """
-    return tokens[:, : trimmed_length(tokens, multiple)]
+__all__ = ["trim_tokens", "trimmed_length", "trims_exactly", "channels_last", "fold_batchnorm", "InferenceOptions",
+           "optimize_for_inference"]
 
 
 def channels_last(model: nn.Module) -> nn.Module:
@@ -109,10 +91,19 @@ def _conv_before(bn_name: str, children: list[tuple[str, nn.Module]]) -> str:
 
 @dataclass(frozen=True)
 class InferenceOptions:
-    """What ``optimize_for_inference`` applies. ``compile`` uses ``torch.compile`` (inductor)."""
+    """What ``optimize_for_inference`` applies. ``compile`` uses ``torch.compile`` (inductor).
+
+    ``pieces``: on a CPU, run a batch in pieces of about ``chunk_rows`` activation rows (None: the
+    family's size), ``streams`` at once (None: one per intra-op thread; 1: one after another).
+    ``fused_blocks``: transformer blocks add residuals inside the GEMMs when autograd is off.
+    """
 
     fold_batchnorm: bool = True
     channels_last: bool = True
+    pieces: bool = True
+    chunk_rows: int | None = None
+    streams: int | None = None
+    fused_blocks: bool = True
     compile: bool = False
     compile_mode: str | None = None  # e.g. "max-autotune" on a GPU
     # CPU: inductor "freezing" turns the weights into constants and pre-packs them for oneDNN.
@@ -124,8 +115,10 @@ def optimize_for_inference(model: nn.Module, options: InferenceOptions = Inferen
     """An eval-mode CLIP made faster for ``encode_image`` / ``encode_text`` (no training).
 
     By default a copy is changed and the original left untouched; ``inplace=True`` changes
-    ``model`` itself (no second copy of the weights in memory). With ``compile=True`` the towers'
-    forward passes are compiled on first call (seconds to minutes, once per input shape).
+    ``model`` itself (no second copy of the weights in memory). The state_dict keys are unchanged.
+    With ``compile=True`` the towers' per-piece forwards are compiled on first call (seconds to
+    minutes, once per input shape); the pieces then run one after another on the caller's threads,
+    because inductor's CPU kernels fix their OpenMP team size when they are compiled.
     """
     if model.training:
         raise ValueError("optimize_for_inference needs an eval-mode model (call model.eval() first)")
@@ -136,24 +129,41 @@ def optimize_for_inference(model: nn.Module, options: InferenceOptions = Inferen
         fold_batchnorm(fast)
     if options.channels_last:
         channels_last(fast)
+    if options.fused_blocks:
+        fuse_blocks(fast)
+    compile_kwargs = None
     if options.compile:
-        _compile_towers(fast, {"options": {"freezing": True}} if options.freeze else {"mode": options.compile_mode})
+        compile_kwargs = {"options": {"freezing": True}} if options.freeze else {"mode": options.compile_mode}
+    _split_into_pieces(fast, options, compile_kwargs)
     return fast
 
 
-def _compile_towers(model: nn.Module, kwargs: dict) -> None:
-    """Compile each tower's per-piece forward (``_forward`` / ``_encode_text``), in place.
+def _split_into_pieces(model: nn.Module, options: InferenceOptions, compile_kwargs: dict | None) -> None:
+    """Give both towers a ``Pieces`` plan and a class whose forward runs it (pieces off: one piece)."""
+    vision, text = families.of(model.config.vision), families.of(model.config.text)
+    for holder, family, config, method in ((model.visual, vision, model.config.vision, "forward"),
+                                           (model, text, model.config.text, "encode_text")):
+        if not isinstance(holder, tuple(_PIECED.values())):
+            holder.__class__ = _pieced_class(type(holder), method)
+        rows = (options.chunk_rows or family.inference_chunk_rows) if options.pieces else None
+        streams = 1 if compile_kwargs is not None else options.streams
+        holder._clipforge_pieces = Pieces(lambda x, f=family, c=config: f.rows_per_item(c, x), rows, streams)
+        if compile_kwargs is not None:
+            base = getattr(super(type(holder), holder), method)
+            holder._clipforge_pieces.forward = torch.compile(base, **compile_kwargs)
 
-    The pieces a CPU batch is split into (``clipforge.model.pieces``) stay outside the compiled graph, so the
-    compiled code runs on cache-sized pieces too; the modules and their state_dict keys are unchanged
-    (compiling the module itself would prefix every key with ``_orig_mod.``). The pieces run one after
-    another on the caller's threads (``inference_streams = 1``): inductor's CPU kernels fix their
-    OpenMP team size when they are compiled, so they must run on the threads they were compiled for.
-    """
-    visual = getattr(model, "visual", None)
-    if visual is not None and hasattr(visual, "_forward"):
-        visual._forward = torch.compile(visual._forward, **kwargs)
-        visual.inference_streams = 1
-    if hasattr(model, "_encode_text"):
-        model._encode_text = torch.compile(model._encode_text, **kwargs)
-        model.inference_streams = 1
+
+_PIECED: dict[tuple[type, str], type] = {}
+
+
+def _pieced_class(cls: type, method: str) -> type:
+    """A subclass of ``cls`` whose ``method`` runs the instance's ``Pieces`` plan around the original."""
+    key = (cls, method)
+    if key not in _PIECED:
+        def run(self, x: torch.Tensor) -> torch.Tensor:
+            return run_in_pieces(self, self._clipforge_pieces, getattr(super(pieced, self), method), x)
+
+        pieced = type(f"Pieced{cls.__name__}", (cls,), {method: run, "__module__": __name__,
+                                                       "__doc__": f"{cls.__name__} with CPU inference in pieces."})
+        _PIECED[key] = pieced
+    return _PIECED[key]

@@ -1,15 +1,16 @@
 """CPU inference in pieces: cache-sized slices of the batch, run side by side on single-threaded streams.
 
-An eval-mode forward without autograd on the CPU (``encode_image`` / ``encode_text`` at inference)
-is split along the batch into pieces of about ``module.inference_chunk_rows`` token rows, and the
-pieces run concurrently, one per intra-op thread, each piece on one thread (``inference_streams``).
-Rows are independent in eval mode, so the features are the same as for the whole batch.
+Applied by :func:`clipforge.fastpath.optimize_for_inference` (never by the model itself): an
+eval-mode forward without autograd on the CPU (``encode_image`` / ``encode_text``) is split along the
+batch into pieces of about ``Pieces.chunk_rows`` activation rows, and the pieces run concurrently,
+one per intra-op thread, each piece on one thread (``Pieces.streams``). Rows are independent in eval
+mode, so the features are the same as for the whole batch.
 
 Why both help, measured on 2 cores (benchmarks/results/):
 
 * Pieces: a tower's activations for ~1024 token rows stay in the caches from one layer to the next,
   and the largest tensors stay below glibc's mmap threshold, so their memory is reused instead of
-  page-faulted in afresh by every layer (``_settle_glibc_heap``). ViT-B/32 ~1.1× faster, RN50 ~1.3×,
+  page-faulted in afresh by every layer (``settle_glibc_heap``). ViT-B/32 ~1.1× faster, RN50 ~1.3×,
   with less peak memory.
 * Streams: an intra-op thread team splits every operation of a piece between the cores and meets at
   a barrier after each one; one piece per core on one thread each has no barriers, and single-threaded
@@ -28,46 +29,61 @@ import itertools
 import os
 import threading
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 from typing import Callable
 
 import torch
 from torch import nn
 from torch.nn.modules import module as module_globals
 
-__all__ = ["piece_sizes", "run_in_pieces", "stream_count"]
+__all__ = ["Pieces", "piece_sizes", "run_in_pieces", "stream_count"]
+
+Forward = Callable[[torch.Tensor], torch.Tensor]
 
 
-def piece_sizes(module: nn.Module, batch: int, tokens: int, x: torch.Tensor) -> list[int] | None:
-    """Piece sizes (items) for ``module``'s forward on ``x`` [batch, ...] of ``tokens`` rows per item,
-    or None for one piece run by the caller (see the module docstring for when).
+@dataclass
+class Pieces:
+    """How one tower's CPU inference is split. ``rows_per_item(x)``: activation rows per batch item
+    (from the tower's family); ``chunk_rows``: rows per piece (None: one piece); ``streams``: pieces
+    run at once (None: one per intra-op thread; 1: one after another); ``forward``: the per-piece
+    forward when it is not the tower's own (a compiled one)."""
 
-    At most ``module.inference_chunk_rows`` token rows per piece (None turns pieces off), a multiple
-    of the streams when the batch allows (64 captions at ≤ 13 per piece on 2 streams: 6 pieces, not
-    5, whose last one would run while the other stream idles), and as even as possible: 64 ViT-B/32
-    images at ≤ 20 per piece are 16 + 16 + 16 + 16, not 20 + 20 + 20 + 4.
+    rows_per_item: Callable[[torch.Tensor], int]
+    chunk_rows: int | None = 1024
+    streams: int | None = None
+    forward: Forward | None = None
+
+
+def piece_sizes(module: nn.Module, pieces: Pieces, x: torch.Tensor) -> list[int] | None:
+    """Piece sizes (items) for ``module``'s forward on ``x`` [batch, ...], or None for one piece run by
+    the caller (see the module docstring for when).
+
+    At most ``pieces.chunk_rows`` rows per piece, a multiple of the streams when the batch allows (64
+    captions at ≤ 13 per piece on 2 streams: 6 pieces, not 5, whose last one would run while the
+    other stream idles), and as even as possible: 64 ViT-B/32 images at ≤ 20 per piece are
+    16 + 16 + 16 + 16, not 20 + 20 + 20 + 4.
     """
-    plan = _plan(module, batch, tokens, x)
+    plan = _plan(module, pieces, x)
     return None if plan is None else plan[0]
 
 
-def _plan(module: nn.Module, batch: int, tokens: int, x: torch.Tensor) -> tuple[list[int], int] | None:
+def _plan(module: nn.Module, pieces: Pieces, x: torch.Tensor) -> tuple[list[int], int] | None:
     """``piece_sizes`` and the stream count they were made for (counted once: it scans for hooks)."""
-    rows = module.inference_chunk_rows
+    rows, batch = pieces.chunk_rows, x.shape[0]
     if (rows is None or module.training or torch.is_grad_enabled() or x.device.type != "cpu"
             or torch.is_autocast_enabled("cpu") or torch.compiler.is_compiling()):
         return None
-    per = max(1, rows // max(1, tokens))
-    streams = stream_count(module)
-    pieces = -(-batch // per)  # at most `per` items each
-    pieces = min(batch, -(-pieces // streams) * streams)  # a multiple of the streams: none idles
-    if pieces <= 1:
+    per = max(1, rows // max(1, pieces.rows_per_item(x)))
+    streams = stream_count(module, pieces)
+    count = -(-batch // per)  # at most `per` items each
+    count = min(batch, -(-count // streams) * streams)  # a multiple of the streams: none idles
+    if count <= 1:
         return None
-    _settle_glibc_heap()
-    return [batch // pieces + (i < batch % pieces) for i in range(pieces)], streams
+    return [batch // count + (i < batch % count) for i in range(count)], streams
 
 
-def stream_count(module: nn.Module) -> int:
-    """How many pieces run at once: ``module.inference_streams``, or (None) one per intra-op thread.
+def stream_count(module: nn.Module, pieces: Pieces) -> int:
+    """How many pieces run at once: ``pieces.streams``, or (None) one per intra-op thread.
 
     1 runs the pieces one after another on the caller's threads. Inside a stream it is always 1, and
     so it is while forward hooks are registered on the tower (or globally): hooks see the pieces in
@@ -75,8 +91,7 @@ def stream_count(module: nn.Module) -> int:
     """
     if getattr(_WORKER, "active", False) or _has_forward_hooks(module):
         return 1
-    streams = getattr(module, "inference_streams", None)
-    return max(1, torch.get_num_threads() if streams is None else int(streams))
+    return max(1, torch.get_num_threads() if pieces.streams is None else int(pieces.streams))
 
 
 def _has_forward_hooks(module: nn.Module) -> bool:
@@ -85,18 +100,19 @@ def _has_forward_hooks(module: nn.Module) -> bool:
     return any(m._forward_hooks or m._forward_pre_hooks for m in module.modules())
 
 
-def run_in_pieces(module: nn.Module, forward: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor,
-                  tokens: int) -> torch.Tensor:
+def run_in_pieces(module: nn.Module, pieces: Pieces, forward: Forward, x: torch.Tensor) -> torch.Tensor:
     """``forward(x)``, computed piece by piece (``piece_sizes``) and on concurrent streams where that applies."""
-    plan = _plan(module, x.shape[0], tokens, x)
+    forward = pieces.forward or forward
+    plan = _plan(module, pieces, x)
     if plan is None:
         return forward(x)
+    settle_glibc_heap()
     sizes, streams = plan
-    pieces = x.split(sizes)
-    streams = min(streams, len(pieces))
+    parts = x.split(sizes)
+    streams = min(streams, len(parts))
     if streams <= 1:
-        return torch.cat([forward(piece) for piece in pieces])
-    return torch.cat(_POOL.map(forward, pieces, streams))
+        return torch.cat([forward(part) for part in parts])
+    return torch.cat(_POOL.map(forward, parts, streams))
 
 
 # --------------------------------------------------------------------------------------- streams
@@ -139,6 +155,7 @@ class _StreamPool:
     def _get(self, streams: int) -> ThreadPoolExecutor:
         with self._lock:
             if self._executor is None or self._size < streams:
+                _register_fork_reset()
                 if self._executor is not None:
                     self._executor.shutdown(wait=False)
                 caller_threads = torch.get_num_threads()
@@ -158,6 +175,17 @@ class _StreamPool:
         self._executor, self._size = None, 0
 
 
+_FORK_RESET = False
+
+
+def _register_fork_reset() -> None:
+    """After ``fork`` the child has the pool object but not its threads: forget them (set up with the first pool)."""
+    global _FORK_RESET
+    if not _FORK_RESET and hasattr(os, "register_at_fork"):
+        os.register_at_fork(after_in_child=_POOL.reset)
+    _FORK_RESET = True
+
+
 def _init_stream(ready: threading.Barrier) -> None:
     torch.get_num_threads()  # initialise this thread's counts now, so a later lazy init cannot undo ours
     torch.set_num_threads(1)
@@ -166,15 +194,13 @@ def _init_stream(ready: threading.Barrier) -> None:
 
 
 _POOL = _StreamPool()
-if hasattr(os, "register_at_fork"):
-    os.register_at_fork(after_in_child=_POOL.reset)
 
 
 # ------------------------------------------------------------------------------------ glibc heap
 _HEAP_SETTLED = False
 
 
-def _settle_glibc_heap() -> None:
+def settle_glibc_heap() -> None:
     """Allocate and free one 30 MiB block, once per process.
 
     glibc's malloc returns every block above its mmap threshold (128 KiB at start) to the OS when it

@@ -1,0 +1,1 @@
+"""The registered model names, one module per source (see clipforge.registry)."""
