@@ -16,8 +16,10 @@ $(STAMP): pyproject.toml
 
 install: $(STAMP)
 
+# OMP_WAIT_POLICY=PASSIVE: waiting OpenMP threads sleep instead of spinning, so a program holding one
+# of the two cores slows training ~1.5x instead of ~3x (benchmarks/results/demo_recipe_2026-12-01.md).
 demo: $(STAMP)
-	$(PY) -m clipforge demo --out runs/demo
+	OMP_WAIT_POLICY=PASSIVE $(PY) -m clipforge demo --out runs/demo
 
 test: $(STAMP)
 	$(PY) -m pytest $(PYTEST_ARGS)

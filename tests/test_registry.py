@@ -18,7 +18,7 @@ from reduced import reduced
 OPENAI_ORDER = ["RN50", "RN101", "RN50x4", "RN50x16", "RN50x64", "ViT-B/32", "ViT-B/16", "ViT-L/14", "ViT-L/14@336px"]
 # The reference JSON uses open_clip's dashed names; with "-quickgelu" they are our aliases of OpenAI's models.
 REFERENCE_NAMES = ["RN50", "RN101", "RN50x4", "RN50x16", "RN50x64", "ViT-B-32", "ViT-B-16", "ViT-L-14", "ViT-L-14-336"]
-SMALL = ["tiny-vit", "tiny-rn", "demo-rn", "demo-vit"]
+SMALL = ["tiny-vit", "tiny-rn", "demo-rn", "demo-rn16", "demo-vit"]
 
 
 @pytest.fixture(scope="module")

@@ -2,26 +2,38 @@
 captions, train a small CLIP from scratch on it, run the evaluation suite, print a summary.
 
 Everything lands in ``--out`` (default ``runs/demo``): ``world/`` (data), ``train/`` (the run
-directory: config, metrics, checkpoints, ``final/``), ``report/`` (report.json, report.md, plots)
-and ``summary.json``. The recipe is the packaged ``demo.toml`` (``configs/demo.toml`` in the
-repository); ``--set`` overrides its keys, and ``world.<key>`` keys change the world
-(:class:`clipforge.data.world.WorldConfig`).
+directory: config, metrics, checkpoints, ``final/``), ``report/`` (report.html, report.json,
+report.md, plots) and ``summary.json``. The recipe is the packaged ``demo.toml``
+(``configs/demo.toml`` in the repository); ``--set`` overrides its keys, and ``world.<key>`` keys
+change the world (:class:`clipforge.data.world.WorldConfig`). ``--seed`` seeds all three: the
+world (its held-out pairs too), the model's initialisation and the data order.
+
+The recipe trains a fixed number of steps with a fixed number of threads, so the numbers depend on
+the seed only; a busy or slow machine takes longer and the summary says so.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
+import resource
 import sys
 import time
 from importlib import resources
 from pathlib import Path
 
 RECIPE = "demo.toml"
+# Training speed of the packaged recipe on 2 quiet cores of this project's machine (samples/s);
+# the summary warns when a run is far below it. See benchmarks/results/demo_recipe_*.md.
+EXPECTED_SAMPLES_PER_SECOND = 450.0
+SLOW_FACTOR = 0.6  # warn below this fraction of the expected speed
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--out", default="runs/demo", metavar="DIR", help="output directory (default runs/demo)")
+    parser.add_argument("--seed", type=int, default=None,
+                        help="seed of the world (held-out pairs included), initialisation and data order (default 0)")
     parser.add_argument("--config", metavar="RECIPE", help="a training recipe instead of the packaged demo.toml")
     parser.add_argument("--set", metavar="KEY=VALUE", action="append", default=[],
                         help="override a recipe key (optim.lr=1e-3) or a world key (world.num_train=5000)")
@@ -35,11 +47,12 @@ def recipe_path(config: str | None) -> Path:
     return Path(str(resources.files("clipforge.train.recipes").joinpath(RECIPE)))
 
 
-def split_overrides(items: list[str]) -> tuple[dict[str, str], dict[str, str]]:
-    """(world overrides, training overrides) from ``key=value`` items."""
+def split_overrides(items: list[str], seed: int | None = None) -> tuple[dict[str, str], dict[str, str]]:
+    """(world overrides, training overrides) from ``key=value`` items; ``seed`` seeds world, model and data."""
     from clipforge.train.config import parse_overrides
 
-    overrides = parse_overrides(items)
+    seeded = [f"{key}={seed}" for key in ("world.seed", "run.seed", "data.seed")] if seed is not None else []
+    overrides = parse_overrides(seeded + items)
     world = {k[len("world."):]: v for k, v in overrides.items() if k.startswith("world.")}
     return world, {k: v for k, v in overrides.items() if not k.startswith("world.")}
 
@@ -76,12 +89,40 @@ def training_overrides(out: Path, world_dir: Path, manifest: dict) -> dict[str, 
             "eval.data": str(world_dir / manifest["tasks"]["heldout"]["path"])}
 
 
+def own_cpu_seconds() -> float:
+    """CPU time of this process and its reaped children (the data workers), user + system."""
+    own, kids = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
+    return own.ru_utime + own.ru_stime + kids.ru_utime + kids.ru_stime
+
+
+def machine_cpu_seconds() -> float | None:
+    """CPU time every program on the machine has used since boot (Linux ``/proc/stat``), else None."""
+    try:
+        fields = Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]
+        user, nice, system, _idle, _iowait, irq, softirq, steal = (int(v) for v in fields[:8])
+    except (OSError, ValueError):
+        return None
+    return (user + nice + system + irq + softirq + steal) / os.sysconf("SC_CLK_TCK")
+
+
+def cpu_meter() -> tuple[float, float | None]:
+    return own_cpu_seconds(), machine_cpu_seconds()
+
+
+def others_cores(before: tuple[float, float | None], seconds: float) -> float | None:
+    """Cores' worth of CPU that other programs used since ``before`` (None where unknown)."""
+    own, machine = cpu_meter()
+    if before[1] is None or machine is None or seconds <= 0:
+        return None
+    return max(0.0, (machine - before[1]) - (own - before[0])) / seconds
+
+
 def run(args: argparse.Namespace) -> int:
     from clipforge.train.config import ConfigError, load_config
 
     start, out = time.perf_counter(), Path(args.out)
     try:
-        world_overrides, train_overrides = split_overrides(args.set)
+        world_overrides, train_overrides = split_overrides(args.set, args.seed)
         world = world_config(world_overrides)
         load_config(recipe_path(args.config), train_overrides)  # check before spending minutes on the world
     except (ConfigError, FileNotFoundError) as err:
@@ -91,13 +132,16 @@ def run(args: argparse.Namespace) -> int:
     manifest = make_world(out / "world", world, args.workers)
     times["world"] = time.perf_counter() - start
     config = load_config(recipe_path(args.config), {**training_overrides(out, out / "world", manifest), **train_overrides})
+    meter = cpu_meter()
     summary = train(config)
+    summary["others_cores"] = others_cores(meter, summary["seconds"])
     times["train"] = summary["seconds"]
     report_start = time.perf_counter()
     report = evaluate(Path(config.run.out) / "final", out / "world", out / "report", args.suite)
     times["evaluate"] = time.perf_counter() - report_start
     times["total"] = time.perf_counter() - start
-    write_summary(out, manifest, summary, report, times)
+    result = write_summary(out, manifest, config, summary, report, times)
+    write_html(out, config, result)
     return 0
 
 
@@ -106,7 +150,7 @@ def train(config) -> dict:
     from clipforge.train.loop import Trainer
 
     print(f"[2/4] vocabulary and training: {config.run.steps} steps of {config.data.batch_size} pairs, "
-          f"model {config.model.name}, run directory {config.run.out}")
+          f"model {config.model.name}, {config.run.threads or 'default'} threads, run directory {config.run.out}")
     try:
         return Trainer(config).train()
     finally:
@@ -133,17 +177,65 @@ def headline(report: dict) -> dict[str, dict[str, float]]:
     return rows
 
 
-def write_summary(out: Path, manifest: dict, summary: dict, report: dict, times: dict) -> None:
+def expected_rate(config) -> float | None:
+    """The packaged recipe's speed on 2 quiet cores, when ``config`` trains the same work per sample."""
+    from clipforge.train.config import load_config
+
+    packaged = load_config(recipe_path(None))
+    same = (config.model == packaged.model and config.data.batch_size == packaged.data.batch_size
+            and config.run.threads == packaged.run.threads)
+    return EXPECTED_SAMPLES_PER_SECOND if same else None
+
+
+def speed(config, summary: dict) -> dict:
+    """Samples/s, how busy other programs kept the machine, and a warning when the run was slow."""
+    threads = config.run.threads or os.cpu_count() or 1
+    rate, others = summary["samples_per_second"], summary.get("others_cores")
+    expected, warning = expected_rate(config), None
+    if expected is not None and rate < SLOW_FACTOR * expected:
+        cause = (f"other programs kept {others:.1f} of the {os.cpu_count()} cores busy meanwhile"
+                 if others is not None and others >= 0.25 else "this CPU is slower than the reference machine's")
+        warning = (f"training ran at {rate:.0f} samples/s, {expected / rate:.1f}x slower than on 2 quiet cores "
+                   f"(about {expected:.0f}): {cause}. The accuracies are unaffected: the recipe trains a fixed "
+                   "number of steps, so a slow machine only takes longer.")
+    return {"samples_per_second": round(rate, 1), "expected_samples_per_second": expected,
+            "others_cores": None if others is None else round(others, 2), "threads": threads, "warning": warning}
+
+
+def write_summary(out: Path, manifest: dict, config, summary: dict, report: dict, times: dict) -> dict:
+    from clipforge.eval.html_report import meaning
+
     rows = headline(report)
+    pace = speed(config, summary)
     result = {"zero_shot": rows, "seconds": {k: round(v, 1) for k, v in times.items()},
-              "train": {k: summary[k] for k in ("step", "loss", "samples_per_second")},
+              "train": {"step": summary["step"], "loss": summary["loss"], "batch_size": config.data.batch_size,
+                        "seed": config.run.seed, **pace},
               "heldout_pairs": manifest.get("heldout_pairs"), "report": str(out / "report")}
     (out / "summary.json").write_text(json.dumps(result, indent=2) + "\n")
-    print("[4/4] summary")
+    print(f"[4/4] summary: seed {config.run.seed}, {summary['step']} steps of {config.data.batch_size} pairs "
+          "(a fixed amount of work: the same seed gives the same numbers on any machine)")
     for task, row in rows.items():
-        print(f"  zero-shot {task:<8} {100 * row['acc1']:5.1f}%  (chance {100 * row['chance']:4.1f}%, "
-              f"{row['acc1'] / row['chance']:.1f}x)")
-    print(f"  time: world {times['world']:.0f} s, training {times['train']:.0f} s ({summary['step']} steps, "
-          f"{summary['samples_per_second']:.0f} samples/s), evaluation {times['evaluate']:.0f} s, "
+        print(f"  zero-shot {task:<8} {100 * row['acc1']:5.1f}%  (chance {100 * row['chance']:4.1f}%)  {meaning(task)}")
+    expected = f", about {pace['expected_samples_per_second']:.0f} expected on 2 quiet cores" \
+        if pace["expected_samples_per_second"] else ""
+    others = "" if pace["others_cores"] is None else \
+        f"; other programs used {pace['others_cores']:.1f} of {os.cpu_count()} cores meanwhile"
+    print(f"  speed: {pace['samples_per_second']:.0f} samples/s in training on {pace['threads']} threads{expected}{others}")
+    print(f"  time: world {times['world']:.0f} s, training {times['train']:.0f} s, evaluation {times['evaluate']:.0f} s, "
           f"total {times['total']:.0f} s")
-    print(f"  report: {out / 'report' / 'report.md'}; model: {out / 'train' / 'final'}")
+    if pace["warning"]:
+        print(f"  warning: {pace['warning']}")
+    print(f"  report: {out / 'report' / 'report.html'} (and report.md); model: {out / 'train' / 'final'}")
+    return result
+
+
+def write_html(out: Path, config, result: dict) -> Path:
+    from clipforge.eval.html_report import write_html as write
+
+    train = result["train"]
+    notes = [f"The clipforge demo: {config.model.name} trained from scratch on the synthetic world for {train['step']} "
+             f"steps of {train['batch_size']} image-caption pairs (seed {train['seed']}) at {train['samples_per_second']:.0f} "
+             f"samples/s; held-out pairs: {', '.join(' '.join(p) for p in result['heldout_pairs'] or [])}."]
+    if train["warning"]:
+        notes.append(f"Warning: {train['warning']}")
+    return write(out / "report", Path(config.run.out), notes)

@@ -12,14 +12,17 @@ run only when asked for by name or with ``all``.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Callable, Sequence
 
 import numpy as np
+import torch
 
 from clipforge.eval.layout import DataLayout
 from clipforge.eval.metrics import accuracy, confusion_matrix
 from clipforge.eval.retrieval import score_retrieval, encode_captions
 from clipforge.eval.robustness import robustness_report
+from clipforge.zeroshot import zero_shot_logits
 
 
 @dataclass(frozen=True)
@@ -49,7 +52,29 @@ def _zeroshot(suite) -> dict:
         if not task.eval_set.multilabel and metrics["num_classes"] <= 50:  # for the confusion-matrix plots
             out[name]["confusion_matrix"] = confusion_matrix(
                 predictions, task.eval_set.labels, metrics["num_classes"]).tolist()
+        if not task.eval_set.multilabel and suite.config.examples_per_class > 0:
+            out[name]["examples"] = _examples(suite, name, suite.config.examples_per_class)
     return out
+
+
+def _examples(suite, name: str, per_class: int) -> list[dict]:
+    """The first ``per_class`` images of each class with their top-3 classes and probabilities.
+
+    Probabilities are a softmax over the task's classes at the model's own learned temperature
+    (CLIP's ``logit_scale``; 100 for a model without one), as a user of the model would compute them.
+    """
+    task = suite.task(name)
+    labels = task.eval_set.labels
+    rows = np.concatenate([np.flatnonzero(labels == c)[:per_class] for c in np.unique(labels)])
+    scale = getattr(suite.model, "logit_scale", None)
+    scale = float(scale.detach().exp()) if isinstance(scale, torch.Tensor) else 100.0
+    probs = zero_shot_logits(suite.features(name).embeddings[rows], suite.head(name), scale).softmax(dim=-1)
+    top = probs.topk(min(3, probs.shape[1]), dim=-1)
+    root = Path(suite.layout.root)
+    paths = [Path(task.eval_set.paths[i]) for i in rows]
+    return [{"image": str(path.relative_to(root) if path.is_relative_to(root) else path), "label": int(labels[i]),
+             "top": [[int(c), round(float(p), 4)] for c, p in zip(classes, values)]}
+            for path, i, classes, values in zip(paths, rows, top.indices.tolist(), top.values.tolist())]
 
 
 def _probe_tasks(suite) -> list[str]:

@@ -49,6 +49,7 @@ class EvalConfig:
     # that have shifted versions (robustness needs their probes anyway), else every base task.
     few_shot_tasks: tuple[str, ...] | None = None
     cache_dir: str | None = None  # zero-shot head cache; None: no cache
+    examples_per_class: int = 2  # images per class kept with their top-3 classes (the HTML report's grid)
     progress: bool = True
     plots: bool = True
     max_skipped_fraction: float = 0.01  # unreadable images tolerated per set, as the training loader's error budget

@@ -23,6 +23,12 @@ register_model(
     "the demo model: ModifiedResNet 64 px, width 32; text width 128, 3 layers, context 32",
 )
 register_model(
+    "demo-rn16",
+    ModelConfig(128, VisionConfig(64, (1, 1, 1, 1), 16, patch_size=None, kind="resnet"),
+                TextConfig(context_length=32, vocab_size=2048, width=64, heads=2, layers=2)),
+    "the demo recipe's model: ModifiedResNet 64 px, width 16; text width 64, 2 layers, context 32",
+)
+register_model(
     "demo-vit",
     ModelConfig(128, VisionConfig(64, 4, 128, patch_size=8, heads=2),
                 TextConfig(context_length=32, vocab_size=2048, width=128, heads=2, layers=3)),
