@@ -100,6 +100,15 @@ def test_same_images_as_imagefolder_and_as_webdataset_give_equal_numbers(tmp_pat
         assert b["zeroshot"]["shapes"][key] == c["zeroshot"]["shapes"][key]
     assert b["linear_probe"]["shapes"]["test_accuracy"] == c["linear_probe"]["shapes"]["test_accuracy"]
     assert b["zeroshot"]["shapes"]["n"] == len(labels)
+    # The report's example images: in a shard they are found by offset, and decode to the same picture.
+    from clipforge.eval.html_report import example_grid_images
+
+    shard_examples, file_examples = b["zeroshot"]["shapes"]["examples"], c["zeroshot"]["shapes"]["examples"]
+    assert all(isinstance(e["image"], dict) for e in shard_examples) and len(shard_examples) == 2 * len(CLASSES)
+    assert [e["top"] for e in shard_examples] == [e["top"] for e in file_examples]
+    decoded = [example_grid_images(r, "shapes") for r in (b, c)]
+    assert len(decoded[0]) == len(decoded[1]) == len(shard_examples)
+    assert [np.asarray(i).tolist() for i in decoded[0]] == [np.asarray(i).tolist() for i in decoded[1]]
 
 
 def _templates(tmp_path: Path) -> Path:

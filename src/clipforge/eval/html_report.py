@@ -61,6 +61,31 @@ def image_uri(path: str | os.PathLike) -> str:
     return f"data:image/{kind};base64," + base64.b64encode(path.read_bytes()).decode("ascii")
 
 
+def _sniff(data: bytes) -> str:
+    """The image type of encoded bytes, from their signature (png when unknown)."""
+    if data[:3] == b"\xff\xd8\xff":
+        return "jpeg"
+    if data[:4] == b"RIFF" and data[8:12] == b"WEBP":
+        return "webp"
+    return "gif" if data[:4] == b"GIF8" else "png"
+
+
+def example_image(root: Path, ref: str | dict) -> str | None:
+    """The ``data:`` URI of an example image: a file under ``root``, or a member of a webdataset
+    shard (``{"shard", "offset", "size", "key"}``); None when it is no longer there."""
+    if isinstance(ref, dict):
+        shard = root / ref["shard"]
+        if not shard.is_file():
+            return None
+        with open(shard, "rb") as handle:
+            handle.seek(ref["offset"])
+            data = handle.read(ref["size"])
+        return f"data:image/{_sniff(data)};base64," + base64.b64encode(data).decode("ascii") \
+            if len(data) == ref["size"] else None
+    path = root / ref
+    return image_uri(path) if path.is_file() else None
+
+
 def read_metrics(run_dir: str | os.PathLike) -> tuple[list[dict], list[dict]]:
     """(training records, evaluation records) of a run's ``metrics.jsonl`` ([] when absent)."""
     path = Path(run_dir) / "metrics.jsonl"
@@ -133,19 +158,30 @@ def headline(report: dict) -> str:
             + "".join(rows) + "</table>")
 
 
+def example_grid_images(report: dict, task: str) -> list:
+    """The task's example images as PIL images, in the grid's order (those still readable)."""
+    import io
+
+    from PIL import Image
+
+    result = report.get("zeroshot", {}).get(task, {})
+    uris = [example_image(Path(report.get("data_root", ".")), e["image"]) for e in result.get("examples", [])]
+    return [Image.open(io.BytesIO(base64.b64decode(u.split(",", 1)[1]))).convert("RGB") for u in uris if u]
+
+
 def examples_grid(report: dict, task: str) -> str:
     """Cards of the task's example images: the true class, the model's top-3 classes and probabilities."""
     result = report.get("zeroshot", {}).get(task, {})
     names, root = result.get("classnames", []), Path(report.get("data_root", "."))
     cards = []
     for example in result.get("examples", []):
-        image = root / example["image"]
-        if not image.is_file():
+        uri = example_image(root, example["image"])
+        if uri is None:
             continue
         top = "".join(f"<li>{_esc(names[c])} {100 * p:.0f}%<span class=bar style='width:{round(60 * p)}px'></span></li>"
                       for c, p in example["top"])
         ok = " ok" if example["top"] and example["top"][0][0] == example["label"] else ""
-        cards.append(f"<div class='card{ok}'><img alt='{_esc(names[example['label']])}' src='{image_uri(image)}'>"
+        cards.append(f"<div class='card{ok}'><img alt='{_esc(names[example['label']])}' src='{uri}'>"
                      f"<div class=truth>{_esc(names[example['label']])}</div><ol>{top}</ol></div>")
     return f"<div class=grid>{''.join(cards)}</div>" if cards else ""
 

@@ -18,6 +18,7 @@ from typing import Callable, Sequence
 import numpy as np
 import torch
 
+from clipforge.eval.datasets import ShardMember
 from clipforge.eval.layout import DataLayout
 from clipforge.eval.metrics import accuracy, confusion_matrix
 from clipforge.eval.retrieval import score_retrieval, encode_captions
@@ -71,10 +72,21 @@ def _examples(suite, name: str, per_class: int) -> list[dict]:
     probs = zero_shot_logits(suite.features(name).embeddings[rows], suite.head(name), scale).softmax(dim=-1)
     top = probs.topk(min(3, probs.shape[1]), dim=-1)
     root = Path(suite.layout.root)
-    paths = [Path(task.eval_set.paths[i]) for i in rows]
-    return [{"image": str(path.relative_to(root) if path.is_relative_to(root) else path), "label": int(labels[i]),
+    return [{"image": _image_ref(task.eval_set.paths[i], root), "label": int(labels[i]),
              "top": [[int(c), round(float(p), 4)] for c, p in zip(classes, values)]}
-            for path, i, classes, values in zip(paths, rows, top.indices.tolist(), top.values.tolist())]
+            for i, classes, values in zip(rows, top.indices.tolist(), top.values.tolist())]
+
+
+def _image_ref(item, root: Path) -> str | dict:
+    """Where an example image is: a file path (relative to the data root when inside it), or for an
+    image inside a webdataset shard its shard, byte offset, size and key."""
+    if isinstance(item, ShardMember):
+        return {"shard": _relative(Path(item.shard), root), "offset": item.offset, "size": item.size, "key": item.key}
+    return _relative(Path(item), root)
+
+
+def _relative(path: Path, root: Path) -> str:
+    return str(path.relative_to(root) if path.is_relative_to(root) else path)
 
 
 def _probe_tasks(suite) -> list[str]:
