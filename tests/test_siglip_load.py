@@ -35,15 +35,21 @@ def _hf_ids(hf_tokenizer, texts, length):
     return hf_tokenizer(texts, padding="max_length", max_length=length, truncation=True, return_tensors="pt").input_ids
 
 
+def _hf_siglip_dir(out, vocab_dir):
+    """A random SigLIP saved in transformers' layout with a SentencePiece vocabulary learned here."""
+    ours_tok = train_sentencepiece(CAPTIONS, 300, context_length=16)
+    ours_tok.save(vocab_dir)
+    hf_tok = transformers.SiglipTokenizer(str(vocab_dir / "spiece.model"), model_max_length=16)
+    hf = to_hf(_random_siglip(ours_tok.vocab_size))
+    hf.save_pretrained(out)
+    hf_tok.save_pretrained(out)
+    return hf, hf_tok
+
+
 def test_a_transformers_siglip_directory_loads_with_its_tokenizer(tmp_path):
     """The layout of google/siglip-base-patch16-224: config.json (model_type "siglip"), model.safetensors,
     spiece.model, tokenizer_config.json."""
-    ours_tok = train_sentencepiece(CAPTIONS, 300, context_length=16)
-    ours_tok.save(tmp_path / "vocab")
-    hf_tok = transformers.SiglipTokenizer(str(tmp_path / "vocab" / "spiece.model"), model_max_length=16)
-    hf = to_hf(_random_siglip(ours_tok.vocab_size))
-    hf.save_pretrained(tmp_path / "hf")
-    hf_tok.save_pretrained(tmp_path / "hf")
+    hf, hf_tok = _hf_siglip_dir(tmp_path / "hf", tmp_path / "vocab")
     model, preprocess, tokenizer = clipforge.load(tmp_path / "hf")
     assert isinstance(tokenizer, SigLIPTokenizer) and tokenizer.context_length == 16
     tokens = tokenizer(TEXTS)
@@ -67,12 +73,7 @@ def test_hf_hub_siglip_repository_loads_from_the_cache_offline(tmp_path, monkeyp
 
     monkeypatch.setenv("CLIPFORGE_CACHE", str(tmp_path / "cache"))
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
-    ours_tok = train_sentencepiece(CAPTIONS, 300, context_length=16)
-    ours_tok.save(tmp_path / "vocab")
-    hf_tok = transformers.SiglipTokenizer(str(tmp_path / "vocab" / "spiece.model"), model_max_length=16)
-    hf = to_hf(_random_siglip(ours_tok.vocab_size))
-    hf.save_pretrained(tmp_path / "hf")
-    hf_tok.save_pretrained(tmp_path / "hf")
+    hf, hf_tok = _hf_siglip_dir(tmp_path / "hf", tmp_path / "vocab")
     write_hf_cache(hub.hub_cache(), "test-org/siglip-tiny", {p.name: p.read_bytes() for p in (tmp_path / "hf").iterdir()})
     model, _, tokenizer = clipforge.load("hf-hub:test-org/siglip-tiny")
     assert isinstance(tokenizer, SigLIPTokenizer) and torch.equal(tokenizer(TEXTS), _hf_ids(hf_tok, TEXTS, 16))

@@ -15,7 +15,10 @@ import os
 from pathlib import Path
 from typing import Any
 
+from clipforge.eval.datasets import ShardMember
 from clipforge.eval.report import classification_rows, retrieval_rows
+from clipforge.paths import atomic_write
+from clipforge.train.logging import read_metrics
 
 HTML_NAME = "report.html"
 TRAINING_PLOT = "training_curves.png"
@@ -74,25 +77,13 @@ def example_image(root: Path, ref: str | dict) -> str | None:
     """The ``data:`` URI of an example image: a file under ``root``, or a member of a webdataset
     shard (``{"shard", "offset", "size", "key"}``); None when it is no longer there."""
     if isinstance(ref, dict):
-        shard = root / ref["shard"]
-        if not shard.is_file():
+        try:
+            data = ShardMember(str(root / ref["shard"]), ref["offset"], ref["size"], ref["key"]).read()
+        except OSError:  # the shard is gone or shorter now
             return None
-        with open(shard, "rb") as handle:
-            handle.seek(ref["offset"])
-            data = handle.read(ref["size"])
-        return f"data:image/{_sniff(data)};base64," + base64.b64encode(data).decode("ascii") \
-            if len(data) == ref["size"] else None
+        return f"data:image/{_sniff(data)};base64," + base64.b64encode(data).decode("ascii")
     path = root / ref
     return image_uri(path) if path.is_file() else None
-
-
-def read_metrics(run_dir: str | os.PathLike) -> tuple[list[dict], list[dict]]:
-    """(training records, evaluation records) of a run's ``metrics.jsonl`` ([] when absent)."""
-    path = Path(run_dir) / "metrics.jsonl"
-    if not path.is_file():
-        return [], []
-    records = [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
-    return [r for r in records if r.get("kind", "train") == "train"], [r for r in records if r.get("kind") == "eval"]
 
 
 def _smooth(values: list[float], window: int) -> list[float]:
@@ -252,12 +243,8 @@ def write_html(report_dir: str | os.PathLike, run_dir: str | os.PathLike | None 
     report_dir = Path(report_dir)
     report = json.loads((report_dir / "report.json").read_text(encoding="utf-8"))
     if run_dir is not None:
-        train, evals = read_metrics(run_dir)
+        train, evals = read_metrics(run_dir), read_metrics(run_dir, "eval")
         if train:
             training_plot(train, evals, report_dir / TRAINING_PLOT)
     page = render(report_dir, report, Path(run_dir) if run_dir is not None else None, list(notes))
-    path = report_dir / HTML_NAME
-    partial = path.with_name(path.name + ".partial")
-    partial.write_text(page, encoding="utf-8")
-    os.replace(partial, path)  # never a half-written report
-    return path
+    return atomic_write(report_dir / HTML_NAME, page)  # never a half-written report
