@@ -18,7 +18,8 @@ from clipforge.data.loader import DataConfig, build_loader
 from clipforge.data.synthetic import WorldConfig, generate_world
 from clipforge.data.world_eval import EVAL_TASKS
 
-SMALL = WorldConfig(seed=5, num_train=400, num_val=50, shard_size=100, eval_per_class=4, num_retrieval=10)
+SMALL = WorldConfig(seed=5, num_train=400, num_val=50, shard_size=100, eval_per_class=4, num_retrieval=10,
+                    colour_only_captions=0.1, shape_only_captions=0.2)
 
 
 @pytest.fixture(scope="module")
@@ -95,12 +96,18 @@ def test_captions_name_every_object_and_vary(world):
     out, _ = world
     train = samples(out / "train")
     counts, shapes, colours, positions, backgrounds = Counter(), set(), set(), set(), set()
+    partial = Counter()  # (names the colour, names the shape) of single-object captions
     for sample in train:
         caption, meta = sample["txt"].decode(), json.loads(sample["json"])
         assert meta["caption"] == caption and caption_length(caption) <= 28  # fits a 32-token context
         for obj in meta["objects"]:
-            assert any(w in caption for w in (obj["colour"], *_COLOUR_SYNONYMS.get(obj["colour"], ()))), caption
-            assert any(w in caption for w in (obj["shape"], *_SHAPE_SYNONYMS.get(obj["shape"], ()))), caption
+            named_colour = any(w in caption for w in (obj["colour"], *_COLOUR_SYNONYMS.get(obj["colour"], ())))
+            named_shape = any(w in caption for w in (obj["shape"], *_SHAPE_SYNONYMS.get(obj["shape"], ())))
+            if len(meta["objects"]) > 1:  # several objects: each is named by colour and shape
+                assert named_colour and named_shape, caption
+            else:  # one object: sometimes by its colour alone or its shape alone
+                assert named_colour or named_shape, caption
+                partial[(named_colour, named_shape)] += 1
             shapes.add(obj["shape"]), colours.add(obj["colour"]), positions.add(obj["position"])
         counts[len(meta["objects"])] += 1
         backgrounds.add((meta["background"]["kind"], meta["background"]["tone"]))
@@ -108,6 +115,9 @@ def test_captions_name_every_object_and_vary(world):
     assert len(shapes) == 6 and len(colours) == 8 and len(positions) == 9 and len(backgrounds) == 4
     assert set(counts) == {1, 2, 3} and counts[1] > counts[2] > counts[3]  # mostly single objects
     assert len({s["txt"] for s in train}) > 0.9 * len(train)
+    single = counts[1]
+    assert abs(partial[True, False] / single - SMALL.colour_only_captions) < 0.05, partial
+    assert abs(partial[False, True] / single - SMALL.shape_only_captions) < 0.05, partial
     frames = Counter(s["txt"].decode().split()[0] for s in train)
     assert len(frames) >= 8  # many sentence shapes, not one template
 

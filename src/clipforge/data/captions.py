@@ -1,11 +1,14 @@
 """Natural, varied captions for synthetic scenes.
 
 Every caption names every object with its colour and its shape (so the image-text pairing stays
-learnable with several objects), while templates, synonyms and word order vary: object phrases
-("a small red circle", "a circle in red", "a big red object shaped like a circle"), sentence frames
-("a picture of ...", "... on a dark background.", "two objects: ..."), spatial relations computed
-from the layout, and a random order of objects. Zero-shot class names are phrases the captions
-use: "circle", "red object", "red circle", "two objects".
+learnable with several objects), except that a world may name a single object by its colour alone or
+its shape alone ("a red object", "a small circle") with set probabilities (``WorldConfig``'s
+``colour_only_captions`` and ``shape_only_captions``), as alt-text often does. Templates, synonyms
+and word order vary: object phrases ("a small red circle", "a circle in red", "a big red object
+shaped like a circle"), sentence frames ("a picture of ...", "... on a dark background.", "two
+objects: ..."), spatial relations computed from the layout, and a random order of objects.
+Zero-shot class names are phrases the captions use: "circle", "red object", "red circle", "two
+objects".
 """
 
 from __future__ import annotations
@@ -84,19 +87,48 @@ def caption_length(caption: str) -> int:
     return len(_TOKENS.findall(caption))
 
 
-def describe(scene: Scene, rng: np.random.Generator) -> str:
-    """One caption of ``scene``: names every object's colour and shape, at most MAX_LENGTH tokens."""
-    caption = _describe(scene, rng, short=False)
-    return caption if caption_length(caption) <= MAX_LENGTH else _describe(scene, rng, short=True)
+def colour_phrase(obj: Obj, rng: np.random.Generator) -> str:
+    """A phrase naming only the object's colour: "a red object", "a red shape"."""
+    colour = _word(rng, obj.colour, _COLOUR_SYNONYMS)
+    return article(_pick(rng, (f"{colour} object", f"{colour} shape")))
 
 
-def _describe(scene: Scene, rng: np.random.Generator, short: bool) -> str:
+def shape_phrase(obj: Obj, rng: np.random.Generator) -> str:
+    """A phrase naming only the object's shape: "a circle", "a small circle"."""
+    shape = _word(rng, obj.shape, _SHAPE_SYNONYMS)
+    return article(_pick(rng, (shape, f"{_pick(rng, _SIZE_WORDS[obj.size])} {shape}")))
+
+
+def describe(scene: Scene, rng: np.random.Generator, colour_only: float = 0.0, shape_only: float = 0.0) -> str:
+    """One caption of ``scene``, at most MAX_LENGTH tokens.
+
+    It names every object's colour and shape, except that a single object is named by its colour
+    alone with probability ``colour_only`` and by its shape alone with probability ``shape_only``
+    (as alt-text often is). With both 0 no extra random number is drawn: older worlds' captions
+    are unchanged.
+    """
+    partial = (colour_only, shape_only)
+    caption = _describe(scene, rng, False, partial)
+    return caption if caption_length(caption) <= MAX_LENGTH else _describe(scene, rng, True, partial)
+
+
+def _single_phrase(obj: Obj, rng: np.random.Generator, partial: tuple[float, float]) -> str:
+    if any(partial):
+        u = rng.random()
+        if u < partial[0]:
+            return colour_phrase(obj, rng)
+        if u < partial[0] + partial[1]:
+            return shape_phrase(obj, rng)
+    return object_phrase(obj, rng, with_position=False)
+
+
+def _describe(scene: Scene, rng: np.random.Generator, short: bool, partial: tuple[float, float]) -> str:
     objs = [scene.objects[i] for i in rng.permutation(len(scene.objects))]
     medium = _pick(rng, _MEDIA)
     tone = scene.background.get("tone", "plain")
     background = "a patterned" if tone == "patterned" else article(tone)
     if len(objs) == 1:
-        np_ = object_phrase(objs[0], rng, with_position=False)
+        np_ = _single_phrase(objs[0], rng, partial)
         pos = _POSITION_PHRASES[objs[0].position]
         frames = [
             f"{np_}.", f"{article(medium)} of {np_}.", f"{np_} on {background} background.",

@@ -75,7 +75,7 @@ def _render_shard(job: tuple) -> tuple[str, int, list[str]]:
         for i in range(start, start + count):
             rng = np.random.default_rng([config.seed, split, i])
             scene = train_scene(rng, config, allowed)
-            caption = describe(scene, rng)
+            caption = describe(scene, rng, config.colour_only_captions, config.shape_only_captions)
             captions.append(caption)
             image = render(scene, config.image_size, rng)
             meta = {**scene.to_json(), "caption": caption}

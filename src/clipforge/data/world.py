@@ -29,6 +29,8 @@ class WorldConfig:
     max_noise: float = 8.0  # training noise std (0-255 scale) is uniform in [0, max_noise]
     shift_noise: float = 35.0  # noise std of the *_shift_noise sets (4x the training maximum)
     heldout_k: int = 4  # k colours x k shapes -> 2k held-out pairs
+    colour_only_captions: float = 0.0  # P(a single object's caption names only its colour)
+    shape_only_captions: float = 0.0  # P(a single object's caption names only its shape)
 
 
 def heldout_pairs(config: WorldConfig) -> list[tuple[str, str]]:
