@@ -138,10 +138,11 @@ def run(args: argparse.Namespace) -> int:
     times["train"] = summary["seconds"]
     report_start = time.perf_counter()
     report = evaluate(Path(config.run.out) / "final", out / "world", out / "report", args.suite)
+    result = summarize(out, manifest, config, summary, report)
+    write_html(out, config, result)  # part of the evaluation step: the report a person opens
     times["evaluate"] = time.perf_counter() - report_start
     times["total"] = time.perf_counter() - start
-    result = write_summary(out, manifest, config, summary, report, times)
-    write_html(out, config, result)
+    write_summary(out, config, result, times)
     return 0
 
 
@@ -202,17 +203,23 @@ def speed(config, summary: dict) -> dict:
             "others_cores": None if others is None else round(others, 2), "threads": threads, "warning": warning}
 
 
-def write_summary(out: Path, manifest: dict, config, summary: dict, report: dict, times: dict) -> dict:
+def summarize(out: Path, manifest: dict, config, summary: dict, report: dict) -> dict:
+    """The summary's numbers (``seconds`` is filled in by :func:`write_summary`)."""
+    pace = speed(config, summary)
+    return {"zero_shot": headline(report), "seconds": {},
+            "train": {"step": summary["step"], "loss": summary["loss"], "batch_size": config.data.batch_size,
+                      "seed": config.run.seed, **pace},
+            "heldout_pairs": manifest.get("heldout_pairs"), "report": str(out / "report")}
+
+
+def write_summary(out: Path, config, result: dict, times: dict) -> None:
+    """Write summary.json and print the summary: each number with what it means, the speed, the times."""
     from clipforge.eval.html_report import meaning
 
-    rows = headline(report)
-    pace = speed(config, summary)
-    result = {"zero_shot": rows, "seconds": {k: round(v, 1) for k, v in times.items()},
-              "train": {"step": summary["step"], "loss": summary["loss"], "batch_size": config.data.batch_size,
-                        "seed": config.run.seed, **pace},
-              "heldout_pairs": manifest.get("heldout_pairs"), "report": str(out / "report")}
+    result["seconds"] = {k: round(v, 1) for k, v in times.items()}
+    rows, pace = result["zero_shot"], result["train"]
     (out / "summary.json").write_text(json.dumps(result, indent=2) + "\n")
-    print(f"[4/4] summary: seed {config.run.seed}, {summary['step']} steps of {config.data.batch_size} pairs "
+    print(f"[4/4] summary: seed {config.run.seed}, {pace['step']} steps of {config.data.batch_size} pairs "
           "(a fixed amount of work: the same seed gives the same numbers on any machine)")
     for task, row in rows.items():
         print(f"  zero-shot {task:<8} {100 * row['acc1']:5.1f}%  (chance {100 * row['chance']:4.1f}%)  {meaning(task)}")
@@ -226,7 +233,6 @@ def write_summary(out: Path, manifest: dict, config, summary: dict, report: dict
     if pace["warning"]:
         print(f"  warning: {pace['warning']}")
     print(f"  report: {out / 'report' / 'report.html'} (and report.md); model: {out / 'train' / 'final'}")
-    return result
 
 
 def write_html(out: Path, config, result: dict) -> Path:
