@@ -154,6 +154,12 @@ def test_world_trains_through_the_loader_and_webdataset(world):
     assert first["jpg"].size == (64, 64) and isinstance(first["txt"], str)
 
 
+@pytest.mark.parametrize("colour, shape", [(-0.1, 0.0), (0.6, 0.5)])
+def test_partial_caption_rates_are_checked(colour, shape):
+    with pytest.raises(ValueError, match="colour_only_captions and shape_only_captions"):
+        WorldConfig(colour_only_captions=colour, shape_only_captions=shape)
+
+
 def test_synth_cli(tmp_path, capsys):
     args = ["data", "synth", "--out", str(tmp_path), "--num-train", "20", "--num-val", "0", "--shard-size", "10",
             "--eval-per-class", "1", "--num-retrieval", "1", "--format", "png", "--workers", "1"]

@@ -32,6 +32,11 @@ class WorldConfig:
     colour_only_captions: float = 0.0  # P(a single object's caption names only its colour)
     shape_only_captions: float = 0.0  # P(a single object's caption names only its shape)
 
+    def __post_init__(self) -> None:
+        partial = (self.colour_only_captions, self.shape_only_captions)
+        if min(partial) < 0 or sum(partial) > 1:
+            raise ValueError(f"colour_only_captions and shape_only_captions must be >= 0 with a sum <= 1, got {partial}")
+
 
 def heldout_pairs(config: WorldConfig) -> list[tuple[str, str]]:
     """The 2k held-out (colour, shape) pairs: each chosen colour and shape in exactly two pairs."""
