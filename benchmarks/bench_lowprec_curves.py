@@ -27,6 +27,8 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import common  # noqa: E402
 
+from clipforge.eval.plots import smooth  # noqa: E402
+
 VARIANTS = {
     "fp32 weights + statistics": {},
     "bf16 statistics": {"optim.moment_dtype": "bf16"},
@@ -55,14 +57,6 @@ def train(world: Path, out: Path, steps: int, batch: int, threads: int, changes:
     }
     Trainer(load_config(None, overrides), echo=lambda m: None).train()
     return [r["loss"] for r in read_metrics(out)]
-
-
-def smooth(values: list[float], window: int) -> list[float]:
-    out, total = [], 0.0
-    for i, v in enumerate(values):
-        total += v - (values[i - window] if i >= window else 0.0)
-        out.append(total / min(i + 1, window))
-    return out
 
 
 def plot(curves: dict[str, list[float]], path: Path, window: int) -> None:

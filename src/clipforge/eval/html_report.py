@@ -86,29 +86,20 @@ def example_image(root: Path, ref: str | dict) -> str | None:
     return image_uri(path) if path.is_file() else None
 
 
-def _smooth(values: list[float], window: int) -> list[float]:
-    """Trailing moving average (the first points average what there is)."""
-    out, total = [], 0.0
-    for i, value in enumerate(values):
-        total += value - (values[i - window] if i >= window else 0.0)
-        out.append(total / min(i + 1, window))
-    return out
-
-
 def training_plot(train: list[dict], evals: list[dict], path: Path) -> str:
     """Loss, accuracy (in-batch and periodic zero-shot) and the learned logit scale against step."""
-    from clipforge.eval.plots import _pyplot
+    from clipforge.eval.plots import _pyplot, save, smooth
 
     plt = _pyplot()
     steps = [r["step"] for r in train]
     window = max(1, len(train) // 40)
     fig, (loss_ax, acc_ax, scale_ax) = plt.subplots(1, 3, figsize=(14, 3.8))
     loss_ax.plot(steps, [r["loss"] for r in train], color="C0", alpha=0.3, lw=0.8, label="per step")
-    loss_ax.plot(steps, _smooth([r["loss"] for r in train], window), color="C0", label=f"mean of {window}")
+    loss_ax.plot(steps, smooth([r["loss"] for r in train], window), color="C0", label=f"mean of {window}")
     loss_ax.set(title="contrastive loss", xlabel="step", ylabel="loss")
     for key, label, colour in (("i2t_acc", "image→text, in batch", "C1"), ("t2i_acc", "text→image, in batch", "C2")):
         if all(key in r for r in train):
-            acc_ax.plot(steps, [100 * v for v in _smooth([r[key] for r in train], window)], color=colour, label=label)
+            acc_ax.plot(steps, [100 * v for v in smooth([r[key] for r in train], window)], color=colour, label=label)
     for task in sorted({r.get("task", "eval") for r in evals}):
         points = [r for r in evals if r.get("task", "eval") == task]
         acc_ax.plot([r["step"] for r in points], [100 * r["acc1"] for r in points], "o--", color="C3",
@@ -121,10 +112,7 @@ def training_plot(train: list[dict], evals: list[dict], path: Path) -> str:
         ax.grid(alpha=0.3)
     loss_ax.legend(fontsize=8)
     acc_ax.legend(fontsize=8)
-    fig.tight_layout()
-    fig.savefig(path, dpi=90)
-    plt.close(fig)
-    return str(path)
+    return save(plt, fig, path, dpi=90)
 
 
 def _esc(value: Any) -> str:

@@ -21,16 +21,30 @@ def _pyplot():
     return plt
 
 
-def finish(plt, fig, ax, path: Path, legend_loc: str = "best", dpi: int = 100) -> str:
-    """Grid, legend, tight layout; save ``fig`` as the PNG ``path`` (whole or not at all) and close it."""
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=8, loc=legend_loc)
+def save(plt, fig, path: Path, dpi: int = 100) -> str:
+    """Tight layout; save ``fig`` as the PNG ``path`` (whole or not at all) and close it."""
     fig.tight_layout()
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     fig.savefig(tmp, dpi=dpi, format="png")
     os.replace(tmp, path)
     plt.close(fig)
     return str(path)
+
+
+def finish(plt, fig, ax, path: Path, legend_loc: str = "best", dpi: int = 100) -> str:
+    """Grid and legend on ``ax``, then :func:`save`."""
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8, loc=legend_loc)
+    return save(plt, fig, path, dpi)
+
+
+def smooth(values: list[float], window: int) -> list[float]:
+    """Trailing moving average (the first points average what there is)."""
+    out, total = [], 0.0
+    for i, value in enumerate(values):
+        total += value - (values[i - window] if i >= window else 0.0)
+        out.append(total / min(i + 1, window))
+    return out
 
 
 def make_plots(report: dict, out_dir: Path) -> list[str]:
@@ -85,10 +99,7 @@ def few_shot_plot(plt, few_shot: dict, path: Path) -> str:
         ax.set(title=task, xlabel="labelled examples per class", ylabel="accuracy (%)")
         ax.grid(alpha=0.3)
         ax.legend(fontsize=8)
-    fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
-    return str(path)
+    return save(plt, fig, path)
 
 
 def _logit_pct(p):
@@ -118,12 +129,7 @@ def robustness_plot(plt, base: str, result: dict, path: Path) -> str:
     ax.set_yticks(_logit_pct(ticks), [f"{100 * t:g}" for t in ticks])
     ax.set(xlabel=f"{base} accuracy (%, logit scale)", ylabel="average shifted accuracy (%, logit scale)",
            title=f"effective robustness: {base}")
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=8, loc="upper left")
-    fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
-    return str(path)
+    return finish(plt, fig, ax, path, legend_loc="upper left")
 
 
 def per_class_plot(plt, zero_shot: dict, path: Path) -> str:
@@ -135,10 +141,7 @@ def per_class_plot(plt, zero_shot: dict, path: Path) -> str:
         ax.axvline(100 / result["num_classes"], color="k", ls=":", lw=1)
         ax.invert_yaxis()
         ax.set(title=f"{task}: zero-shot recall per class", xlabel="recall (%)", xlim=(0, 100))
-    fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
-    return str(path)
+    return save(plt, fig, path)
 
 
 def confusion_plot(plt, task: str, result: dict, path: Path) -> str:
