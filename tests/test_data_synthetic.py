@@ -15,6 +15,7 @@ from test_data_common import toy_tokenizer
 from clipforge.cli import main as cli_main
 from clipforge.data.captions import _COLOUR_SYNONYMS, _SHAPE_SYNONYMS, caption_length
 from clipforge.data.loader import DataConfig, build_loader
+from clipforge.data.render import COLOURS, SHAPES
 from clipforge.data.synthetic import WorldConfig, generate_world
 from clipforge.data.world_eval import EVAL_TASKS
 
@@ -57,11 +58,24 @@ def test_layout_and_manifest(world):
         folders = sorted(p.name for p in (out / "eval" / task).iterdir() if p.is_dir())
         assert folders == entry["folders"] and len(folders) == len(names)  # sorted folders = class order
         assert all(len(list((out / "eval" / task / f).glob("*.png"))) == 4 for f in folders)
-        assert entry["shift"] == shift and "{}" in entry["templates"][0]
+        assert entry["shift"] == shift and entry["templates"] == manifest["tasks"][base]["templates"]
+        if base not in ("colour", "shape"):
+            assert "{}" in entry["templates"][0]
     assert len(manifest["tasks"]["shape"]["classnames"]) == 6 and len(manifest["tasks"]["colour"]["classnames"]) == 8
     captions = json.loads((out / "eval" / "retrieval" / "captions.json").read_text())
     assert len(captions) == 10 and all(len(set(c)) == 5 for c in captions.values())
     assert all((out / "eval" / "retrieval" / name).is_file() for name in captions)
+
+
+def test_colour_and_shape_prompts_name_both_attributes_as_captions_do(world):
+    tasks = world[1]["tasks"]
+    templates = tasks["heldout"]["templates"]
+    colour, shape = tasks["colour"]["templates"], tasks["shape"]["templates"]
+    assert list(colour) == tasks["colour"]["classnames"] and list(shape) == tasks["shape"]["classnames"]
+    for name, c in zip(colour, COLOURS):
+        assert name == f"{c} object" and colour[name] == [t.format(f"{c} {s}") for t in templates for s in SHAPES]
+    for s in SHAPES:
+        assert shape[s] == [t.format(f"{c} {s}") for t in templates for c in COLOURS]
 
 
 def test_group_attributes_and_hierarchy_beside_the_tasks(world):

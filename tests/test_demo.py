@@ -137,3 +137,17 @@ def test_a_slow_run_is_explained_and_a_normal_one_is_not():
     assert speed(config, {"samples_per_second": EXPECTED_SAMPLES_PER_SECOND * 0.9, "others_cores": 0.0})["warning"] is None
     other = load_config(recipe_path(None), {"data.batch_size": "64"})  # another recipe: no reference speed to hold it to
     assert speed(other, {"samples_per_second": 1.0, "others_cores": 0.0})["warning"] is None
+
+
+def test_a_world_of_another_format_is_generated_again_not_reused(tmp_path, capsys):
+    from clipforge.commands.demo import make_world
+    from clipforge.data.synthetic import WorldConfig
+
+    config = WorldConfig(num_train=40, num_val=0, shard_size=20, eval_per_class=2, num_retrieval=4)
+    make_world(tmp_path, config, workers=1)
+    first = json.loads((tmp_path / "manifest.json").read_text())
+    assert make_world(tmp_path, config, workers=1) == first and "reusing" in capsys.readouterr().out
+    (tmp_path / "manifest.json").write_text(json.dumps({**first, "format": first["format"] - 1}))
+    again = make_world(tmp_path, config, workers=1)
+    assert "generating" in capsys.readouterr().out and again["format"] == first["format"]
+    assert json.loads((tmp_path / "manifest.json").read_text())["format"] == first["format"]

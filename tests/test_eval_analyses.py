@@ -15,6 +15,7 @@ from scipy import stats as sps
 import clipforge
 from clipforge.eval import EvalConfig, FewShotConfig, run_suite
 from clipforge.eval.analyses import ANALYSES, AnalysisConfig, ScalingConfig
+from clipforge.eval.analyses.common import FALLBACK_TEMPLATE
 from clipforge.eval.datasets import load_classification_set
 from clipforge.zeroshot import build_classifier, zero_shot_logits
 
@@ -73,6 +74,8 @@ def _logits(clip, world, task, labels, templates):
     """Zero-shot logits [N, len(labels)] computed here, image by image (no suite code)."""
     model, preprocess, tokenizer = clip
     data = load_classification_set(world / "eval" / task)
+    if isinstance(templates, dict):  # per-class prompts; an added label gets the fallback prompt
+        templates = {label: templates.get(label) or [FALLBACK_TEMPLATE.format(label)] for label in labels}
     head = build_classifier(model, tokenizer, labels, templates)
     with torch.no_grad():
         features = model.encode_image(torch.stack([preprocess(Image.open(p)) for p in data.paths]))

@@ -183,10 +183,11 @@ def test_synthetic_world_layout_and_suite(tmp_path, clip):
     assert set(layout.classification) == {n for n, t in manifest["tasks"].items() if "classnames" in t}
     assert layout.shift_groups()["heldout"] == [n for n in manifest["tasks"] if n.startswith("heldout_shift")]
     model, preprocess, tokenizer = clip
-    config = EvalConfig(progress=False, plots=False, tasks=("count", "heldout", "heldout_shift_noise"),
+    config = EvalConfig(progress=False, plots=False, tasks=("count", "colour", "heldout", "heldout_shift_noise"),
                         few_shot=FewShotConfig(shots=(1,), seeds=1))
     report = run_suite(model, preprocess, tokenizer, root, tmp_path / "out", "zeroshot,retrieval,robustness", config, echo=None)
-    assert set(report["zeroshot"]) == {"count", "heldout", "heldout_shift_noise"}
-    assert report["template_sets"]["count (manifest)"] == manifest["tasks"]["count"]["templates"]
+    assert set(report["zeroshot"]) == {"count", "colour", "heldout", "heldout_shift_noise"}
+    for task in ("count", "colour"):  # a list of templates; {class name: prompts}
+        assert report["template_sets"][f"{task} (manifest)"] == manifest["tasks"][task]["templates"]
     assert report["robustness"]["heldout"]["shifted"] == ["heldout_shift_noise"]
     assert report["retrieval"]["retrieval"]["n_captions"] == 8 * manifest["tasks"]["retrieval"]["captions_per_image"]

@@ -65,15 +65,15 @@ def world_config(overrides: dict[str, str]):
 
 
 def make_world(out: Path, config, workers: int) -> dict:
-    """Generate the world, or reuse one generated before with the same config."""
+    """Generate the world, or reuse one generated before with the same config and format."""
     from dataclasses import asdict
 
-    from clipforge.data.synthetic import generate_world
+    from clipforge.data.synthetic import WORLD_FORMAT, generate_world
 
     manifest_path = out / "manifest.json"
     if manifest_path.is_file():
         manifest = json.loads(manifest_path.read_text())
-        if manifest.get("config") == json.loads(json.dumps(asdict(config))):
+        if manifest.get("config") == json.loads(json.dumps(asdict(config))) and manifest.get("format") == WORLD_FORMAT:
             print(f"[1/4] world: reusing {out} ({manifest['splits']['train']['num_samples']} training images)")
             return manifest
     print(f"[1/4] world: generating {config.num_train} training images and the evaluation sets into {out}")

@@ -8,7 +8,8 @@ and word order vary: object phrases ("a small red circle", "a circle in red", "a
 shaped like a circle"), sentence frames ("a picture of ...", "... on a dark background.", "two
 objects: ..."), spatial relations computed from the layout, and a random order of objects.
 Zero-shot class names are phrases the captions use: "circle", "red object", "red circle", "two
-objects".
+objects"; the colour and shape tasks prompt each class together with every value of the other
+attribute, as the captions name them (:func:`clipforge.data.world_eval.task_prompts`).
 """
 
 from __future__ import annotations

@@ -54,6 +54,9 @@ __all__ = ["WorldConfig", "generate_world", "heldout_pairs"]
 
 # Split codes mixed into per-sample seeds.
 TRAIN, VAL = 0, 1
+# The manifest's layout version; a world written with another one is not reused. 2: the colour and
+# shape tasks prompt each class with every value of the other attribute (world_eval.task_prompts).
+WORLD_FORMAT = 2
 
 
 def encode(image, fmt: str) -> bytes:
@@ -152,7 +155,7 @@ def _finish(out: Path, config: WorldConfig, heldout: list, results: dict) -> dic
     tasks["retrieval"] = {"path": "eval/retrieval", "captions": "eval/retrieval/captions.json",
                           "num_images": len(captions), "captions_per_image": 5}
     return {
-        "name": "clipforge synthetic world", "seed": config.seed, "config": asdict(config),
+        "name": "clipforge synthetic world", "format": WORLD_FORMAT, "seed": config.seed, "config": asdict(config),
         "image_size": config.image_size, "splits": splits, "tasks": tasks,
         "heldout_pairs": [list(p) for p in heldout], "shapes": list(SHAPES), "colours": list(COLOURS),
         "count_words": list(COUNT_WORDS[:3]), "eval_tasks": list(EVAL_TASKS),

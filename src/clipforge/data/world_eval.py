@@ -48,6 +48,26 @@ def class_names(base: str, heldout: list[tuple[str, str]]) -> list[str]:
     return [f"{c} {s}" for c, s in heldout]
 
 
+def task_prompts(base: str) -> list[str] | dict[str, list[str]]:
+    """A task's zero-shot prompts: templates, or {class name: prompts} for colour and shape.
+
+    Every training caption names each object's colour together with its shape, so a prompt that
+    names one alone ("a photo of a red object.") ends where no caption does, and measures how the
+    text tower extrapolates more than what the model sees. Colour and shape are asked the way the
+    captions put them, averaged over the other attribute (prompt ensembling over a nuisance, as
+    CLIP's prompts average "a photo of a big {}" and "a photo of a small {}"): "red object" is the
+    mean of "a photo of a red circle.", "a photo of a red square.", ..., over every shape.
+    """
+    if base == "count":
+        return _COUNT_TEMPLATES
+    if base == "colour":
+        return {name: [t.format(f"{c} {s}") for t in _OBJECT_TEMPLATES for s in SHAPES]
+                for name, c in zip(class_names("colour", []), COLOURS)}
+    if base == "shape":
+        return {s: [t.format(f"{c} {s}") for t in _OBJECT_TEMPLATES for c in COLOURS] for s in SHAPES}
+    return _OBJECT_TEMPLATES
+
+
 def folder_names(names: list[str]) -> list[str]:
     return [f"{i:02d}_{n.replace(' ', '_')}" for i, n in enumerate(names)]
 
@@ -153,7 +173,7 @@ def task_entries(config, heldout: list, eval_dir: Path) -> dict:
         tasks[task] = {
             "path": f"eval/{task}", "classnames": names, "folders": folder_names(names),
             "num_images": len(names) * config.eval_per_class, "base": base, "shift": shift,
-            "templates": _COUNT_TEMPLATES if base == "count" else _OBJECT_TEMPLATES,
+            "templates": task_prompts(base),
             "chance": 1.0 / len(names),
         }
     return tasks

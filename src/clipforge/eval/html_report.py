@@ -25,8 +25,8 @@ TRAINING_PLOT = "training_curves.png"
 # What each task of the synthetic world measures, in one line (other tasks get a generic line).
 TASK_MEANINGS = {
     "heldout": "colour × shape pairs that no training image or caption contains: composition from parts",
-    "shape": "which of 6 shapes, named from text alone (single objects, any colour seen in training)",
-    "colour": "which of 8 colours, named from text alone (single objects)",
+    "shape": "which of 6 shapes, from text alone (single objects, pairs seen in training; prompts: the shape in each colour)",
+    "colour": "which of 8 colours, from text alone (single objects; prompts: the colour on each shape)",
     "count": "how many objects (one, two or three)",
 }
 _SHIFTS = {"background": "striped or checked backgrounds in unseen hues", "noise": "heavy pixel noise",

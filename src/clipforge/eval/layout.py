@@ -225,7 +225,8 @@ def _from_manifest(root: Path) -> DataLayout:
         if "captions" in entry:
             retrieval[name] = RetrievalSpec(name, path)
         elif "classnames" in entry:
-            templates = tuple(entry["templates"]) if entry.get("templates") else None
+            templates = entry.get("templates") or None  # a list, or {class name: [prompts]}
+            templates = templates if templates is None or isinstance(templates, dict) else tuple(templates)
             classification[name] = TaskSpec(name, path, entry.get("base", name), entry.get("shift"), templates,
                                             templates_label=f"{name} (manifest)" if templates else None)
     return DataLayout(root, classification, retrieval, _train_source(root), synthetic=True)
