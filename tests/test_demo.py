@@ -144,10 +144,27 @@ def test_a_world_of_another_format_is_generated_again_not_reused(tmp_path, capsy
     from clipforge.data.synthetic import WorldConfig
 
     config = WorldConfig(num_train=40, num_val=0, shard_size=20, eval_per_class=2, num_retrieval=4)
-    make_world(tmp_path, config, workers=1)
+    assert not make_world(tmp_path, config, workers=1)[1]
     first = json.loads((tmp_path / "manifest.json").read_text())
-    assert make_world(tmp_path, config, workers=1) == first and "reusing" in capsys.readouterr().out
+    assert make_world(tmp_path, config, workers=1) == (first, True) and "reusing" in capsys.readouterr().out
     (tmp_path / "manifest.json").write_text(json.dumps({**first, "format": first["format"] - 1}))
-    again = make_world(tmp_path, config, workers=1)
-    assert "generating" in capsys.readouterr().out and again["format"] == first["format"]
+    again, reused = make_world(tmp_path, config, workers=1)
+    assert not reused and "generating" in capsys.readouterr().out and again["format"] == first["format"]
     assert json.loads((tmp_path / "manifest.json").read_text())["format"] == first["format"]
+
+
+def test_only_a_run_of_this_recipe_on_this_world_is_resumed(tmp_path):
+    from clipforge.commands.demo import recipe_path, set_aside_stale_run
+    from clipforge.train.config import load_config
+
+    config = load_config(recipe_path(None), {"run.out": str(tmp_path / "train")})
+    assert set_aside_stale_run(config, world_reused=False) is None  # nothing there yet
+    run_dir = tmp_path / "train"
+    run_dir.mkdir()
+    config.save(run_dir / "train_config.json")
+    assert set_aside_stale_run(config, world_reused=True) is None and run_dir.is_dir()  # resumed
+    assert set_aside_stale_run(config, world_reused=False) == tmp_path / "train.stale1"  # a new world
+    assert not run_dir.exists() and (tmp_path / "train.stale1" / "train_config.json").is_file()
+    run_dir.mkdir()
+    config.replace({"optim.lr": 1e-4}).save(run_dir / "train_config.json")
+    assert set_aside_stale_run(config, world_reused=True) == tmp_path / "train.stale2"  # another recipe

@@ -64,8 +64,9 @@ def world_config(overrides: dict[str, str]):
     return build(WorldConfig, {k: _parse_literal(v) for k, v in overrides.items()}, "world")
 
 
-def make_world(out: Path, config, workers: int) -> dict:
-    """Generate the world, or reuse one generated before with the same config and format."""
+def make_world(out: Path, config, workers: int) -> tuple[dict, bool]:
+    """Generate the world, or reuse one generated before with the same config and format:
+    (its manifest, whether it was reused)."""
     from dataclasses import asdict
 
     from clipforge.data.synthetic import WORLD_FORMAT, generate_world
@@ -75,9 +76,28 @@ def make_world(out: Path, config, workers: int) -> dict:
         manifest = json.loads(manifest_path.read_text())
         if manifest.get("config") == json.loads(json.dumps(asdict(config))) and manifest.get("format") == WORLD_FORMAT:
             print(f"[1/4] world: reusing {out} ({manifest['splits']['train']['num_samples']} training images)")
-            return manifest
+            return manifest, True
     print(f"[1/4] world: generating {config.num_train} training images and the evaluation sets into {out}")
-    return generate_world(out, config, workers=workers)
+    return generate_world(out, config, workers=workers), False
+
+
+def set_aside_stale_run(config, world_reused: bool) -> Path | None:
+    """An interrupted demo resumes its run, but only a run of this recipe on this world: any other
+    run directory (another recipe, or a world generated again) is renamed, not resumed or deleted.
+    Returns the new name, or None when there was nothing to set aside."""
+    run_dir = Path(config.run.out)
+    if not run_dir.exists():
+        return None
+    saved = run_dir / "train_config.json"
+    current = json.loads(json.dumps(config.to_dict()))
+    if world_reused and saved.is_file() and json.loads(saved.read_text()) == current:
+        return None
+    n = 1
+    while (stale := run_dir.with_name(f"{run_dir.name}.stale{n}")).exists():
+        n += 1
+    run_dir.rename(stale)
+    print(f"[2/4] {run_dir} holds a run of another recipe or world: moved to {stale}, training afresh")
+    return stale
 
 
 def training_overrides(out: Path, world_dir: Path, manifest: dict) -> dict[str, str]:
@@ -129,9 +149,10 @@ def run(args: argparse.Namespace) -> int:
         print(f"clipforge demo: error: {err}", file=sys.stderr)
         return 2
     times = {}
-    manifest = make_world(out / "world", world, args.workers)
+    manifest, reused = make_world(out / "world", world, args.workers)
     times["world"] = time.perf_counter() - start
     config = load_config(recipe_path(args.config), {**training_overrides(out, out / "world", manifest), **train_overrides})
+    set_aside_stale_run(config, reused)
     meter = cpu_meter()
     summary = train(config)
     summary["others_cores"] = others_cores(meter, summary["seconds"])
@@ -193,7 +214,7 @@ def speed(config, summary: dict) -> dict:
     threads = config.run.threads or os.cpu_count() or 1
     rate, others = summary["samples_per_second"], summary.get("others_cores")
     expected, warning = expected_rate(config), None
-    if expected is not None and rate < SLOW_FACTOR * expected:
+    if expected is not None and 0 < rate < SLOW_FACTOR * expected:  # 0: nothing left to train (a finished run)
         cause = (f"other programs kept {others:.1f} of the {os.cpu_count()} cores busy meanwhile"
                  if others is not None and others >= 0.25 else "this CPU is slower than the reference machine's")
         warning = (f"training ran at {rate:.0f} samples/s, {expected / rate:.1f}x slower than on 2 quiet cores "
