@@ -64,6 +64,11 @@ def world_config(overrides: dict[str, str]):
     return build(WorldConfig, {k: _parse_literal(v) for k, v in overrides.items()}, "world")
 
 
+def _as_json(data: dict) -> dict:
+    """``data`` as it reads back from a JSON file (tuples become lists), to compare with one."""
+    return json.loads(json.dumps(data))
+
+
 def make_world(out: Path, config, workers: int) -> tuple[dict, bool]:
     """Generate the world, or reuse one generated before with the same config and format:
     (its manifest, whether it was reused)."""
@@ -74,7 +79,7 @@ def make_world(out: Path, config, workers: int) -> tuple[dict, bool]:
     manifest_path = out / "manifest.json"
     if manifest_path.is_file():
         manifest = json.loads(manifest_path.read_text())
-        if manifest.get("config") == json.loads(json.dumps(asdict(config))) and manifest.get("format") == WORLD_FORMAT:
+        if manifest.get("config") == _as_json(asdict(config)) and manifest.get("format") == WORLD_FORMAT:
             print(f"[1/4] world: reusing {out} ({manifest['splits']['train']['num_samples']} training images)")
             return manifest, True
     print(f"[1/4] world: generating {config.num_train} training images and the evaluation sets into {out}")
@@ -89,8 +94,7 @@ def set_aside_stale_run(config, world_reused: bool) -> Path | None:
     if not run_dir.exists():
         return None
     saved = run_dir / "train_config.json"
-    current = json.loads(json.dumps(config.to_dict()))
-    if world_reused and saved.is_file() and json.loads(saved.read_text()) == current:
+    if world_reused and saved.is_file() and json.loads(saved.read_text()) == _as_json(config.to_dict()):
         return None
     n = 1
     while (stale := run_dir.with_name(f"{run_dir.name}.stale{n}")).exists():

@@ -226,7 +226,8 @@ def _from_manifest(root: Path) -> DataLayout:
             retrieval[name] = RetrievalSpec(name, path)
         elif "classnames" in entry:
             templates = entry.get("templates") or None  # a list, or {class name: [prompts]}
-            templates = templates if templates is None or isinstance(templates, dict) else tuple(templates)
+            if isinstance(templates, list):
+                templates = tuple(templates)
             classification[name] = TaskSpec(name, path, entry.get("base", name), entry.get("shift"), templates,
                                             templates_label=f"{name} (manifest)" if templates else None)
     return DataLayout(root, classification, retrieval, _train_source(root), synthetic=True)
