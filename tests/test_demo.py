@@ -77,6 +77,7 @@ def test_shortened_recipe_learns_held_out_compositions(quick):
     pace = summary["train"]
     assert pace["samples_per_second"] > 0 and pace["threads"] == 2
     assert pace["others_cores"] is None or pace["others_cores"] >= 0
+    assert pace["steal_cores"] is None or pace["steal_cores"] >= 0
 
 
 @pytest.mark.slow
@@ -134,6 +135,9 @@ def test_a_slow_run_is_explained_and_a_normal_one_is_not():
     assert "3.0x slower" in busy["warning"] and "other programs kept 1.2 of the" in busy["warning"]
     slow_cpu = speed(config, {"samples_per_second": EXPECTED_SAMPLES_PER_SECOND / 2, "others_cores": 0.05})
     assert "this CPU is slower" in slow_cpu["warning"]
+    stolen = speed(config, {"samples_per_second": EXPECTED_SAMPLES_PER_SECOND / 2, "others_cores": 0.0, "steal_cores": 0.7})
+    assert "host took 0.7 of its" in stolen["warning"] and "other programs" not in stolen["warning"]
+    assert stolen["steal_cores"] == 0.7
     assert speed(config, {"samples_per_second": EXPECTED_SAMPLES_PER_SECOND * 0.9, "others_cores": 0.0})["warning"] is None
     other = load_config(recipe_path(None), {"data.batch_size": "64"})  # another recipe: no reference speed to hold it to
     assert speed(other, {"samples_per_second": 1.0, "others_cores": 0.0})["warning"] is None

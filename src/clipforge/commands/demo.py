@@ -119,26 +119,32 @@ def own_cpu_seconds() -> float:
     return own.ru_utime + own.ru_stime + kids.ru_utime + kids.ru_stime
 
 
-def machine_cpu_seconds() -> float | None:
-    """CPU time every program on the machine has used since boot (Linux ``/proc/stat``), else None."""
+def machine_cpu_seconds() -> tuple[float, float] | None:
+    """(CPU time every program on the machine has used since boot, of which the host's steal time):
+    Linux ``/proc/stat``; steal is time a virtual CPU wanted to run and the hypervisor ran something
+    else. None elsewhere."""
     try:
         fields = Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]
         user, nice, system, _idle, _iowait, irq, softirq, steal = (int(v) for v in fields[:8])
     except (OSError, ValueError):
         return None
-    return (user + nice + system + irq + softirq + steal) / os.sysconf("SC_CLK_TCK")
+    tick = os.sysconf("SC_CLK_TCK")
+    return (user + nice + system + irq + softirq + steal) / tick, steal / tick
 
 
-def cpu_meter() -> tuple[float, float | None]:
+def cpu_meter() -> tuple[float, tuple[float, float] | None]:
     return own_cpu_seconds(), machine_cpu_seconds()
 
 
-def others_cores(before: tuple[float, float | None], seconds: float) -> float | None:
-    """Cores' worth of CPU that other programs used since ``before`` (None where unknown)."""
+def others_cores(before: tuple[float, tuple[float, float] | None], seconds: float) -> dict[str, float | None]:
+    """Cores' worth of CPU since ``before`` that other programs used (``others_cores``) and that the
+    virtual machine's host took (``steal_cores``); None where unknown."""
     own, machine = cpu_meter()
     if before[1] is None or machine is None or seconds <= 0:
-        return None
-    return max(0.0, (machine - before[1]) - (own - before[0])) / seconds
+        return {"others_cores": None, "steal_cores": None}
+    steal = max(0.0, machine[1] - before[1][1])
+    others = max(0.0, (machine[0] - before[1][0]) - steal - (own - before[0]))
+    return {"others_cores": others / seconds, "steal_cores": steal / seconds}
 
 
 def run(args: argparse.Namespace) -> int:
@@ -159,7 +165,7 @@ def run(args: argparse.Namespace) -> int:
     set_aside_stale_run(config, reused)
     meter = cpu_meter()
     summary = train(config)
-    summary["others_cores"] = others_cores(meter, summary["seconds"])
+    summary.update(others_cores(meter, summary["seconds"]))
     times["train"] = summary["seconds"]
     report_start = time.perf_counter()
     report = evaluate(Path(config.run.out) / "final", out / "world", out / "report", args.suite)
@@ -214,18 +220,29 @@ def expected_rate(config) -> float | None:
 
 
 def speed(config, summary: dict) -> dict:
-    """Samples/s, how busy other programs kept the machine, and a warning when the run was slow."""
+    """Samples/s, how busy other programs (and the host, on a VM) kept the machine, and a warning when
+    the run was slow."""
     threads = config.run.threads or os.cpu_count() or 1
-    rate, others = summary["samples_per_second"], summary.get("others_cores")
+    rate, others, steal = summary["samples_per_second"], summary.get("others_cores"), summary.get("steal_cores")
     expected, warning = expected_rate(config), None
     if expected is not None and 0 < rate < SLOW_FACTOR * expected:  # 0: nothing left to train (a finished run)
-        cause = (f"other programs kept {others:.1f} of the {os.cpu_count()} cores busy meanwhile"
-                 if others is not None and others >= 0.25 else "this CPU is slower than the reference machine's")
         warning = (f"training ran at {rate:.0f} samples/s, {expected / rate:.1f}x slower than on 2 quiet cores "
-                   f"(about {expected:.0f}): {cause}. The accuracies are unaffected: the recipe trains a fixed "
-                   "number of steps, so a slow machine only takes longer.")
+                   f"(about {expected:.0f}): {slow_cause(others, steal)}. The accuracies are unaffected: the recipe "
+                   "trains a fixed number of steps, so a slow machine only takes longer.")
     return {"samples_per_second": round(rate, 1), "expected_samples_per_second": expected,
-            "others_cores": None if others is None else round(others, 2), "threads": threads, "warning": warning}
+            "others_cores": None if others is None else round(others, 2),
+            "steal_cores": None if steal is None else round(steal, 2), "threads": threads, "warning": warning}
+
+
+def slow_cause(others: float | None, steal: float | None) -> str:
+    """Why a run was slow, from what else took the cores meanwhile."""
+    causes = []
+    if others is not None and others >= 0.25:
+        causes.append(f"other programs kept {others:.1f} of the {os.cpu_count()} cores busy meanwhile")
+    if steal is not None and steal >= 0.25:
+        causes.append(f"the virtual machine's host took {steal:.1f} of its {os.cpu_count()} cores for other "
+                      "machines (steal time)")
+    return " and ".join(causes) or "this CPU is slower than the reference machine's"
 
 
 def summarize(out: Path, manifest: dict, config, summary: dict, report: dict) -> dict:
@@ -252,6 +269,8 @@ def write_summary(out: Path, config, result: dict, times: dict) -> None:
         if pace["expected_samples_per_second"] else ""
     others = "" if pace["others_cores"] is None else \
         f"; other programs used {pace['others_cores']:.1f} of {os.cpu_count()} cores meanwhile"
+    if (pace.get("steal_cores") or 0) >= 0.05:
+        others += f", the virtual machine's host {pace['steal_cores']:.1f} (steal time)"
     print(f"  speed: {pace['samples_per_second']:.0f} samples/s in training on {pace['threads']} threads{expected}{others}")
     print(f"  time: world {times['world']:.0f} s, training {times['train']:.0f} s, evaluation {times['evaluate']:.0f} s, "
           f"total {times['total']:.0f} s")
