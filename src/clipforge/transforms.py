@@ -57,8 +57,12 @@ def rgb_on_white(image: Image.Image) -> Image.Image:
 
 def to_tensor(image: Image.Image, mean=OPENAI_MEAN, std=OPENAI_STD) -> torch.Tensor:
     """PIL RGB image → normalized float tensor [3, H, W]."""
-    array = np.asarray(image.convert("RGB"), dtype=np.float32) / 255.0  # [H, W, 3]
-    array = (array - np.asarray(mean, dtype=np.float32)) / np.asarray(std, dtype=np.float32)
+    # In place on one fresh float32 array: the same roundings as (x / 255 - mean) / std, and no
+    # copy of an image that is RGB already (the data loader calls this once per training sample).
+    array = np.asarray(image if image.mode == "RGB" else image.convert("RGB"), dtype=np.float32)  # [H, W, 3]
+    array /= 255.0
+    array -= np.asarray(mean, dtype=np.float32)
+    array /= np.asarray(std, dtype=np.float32)
     return torch.from_numpy(np.ascontiguousarray(array.transpose(2, 0, 1)))  # [3, H, W]
 
 
@@ -115,7 +119,8 @@ class TrainTransform:
         side = max(1, min(w, h, int(round(math.sqrt(area)))))
         left = int(rng.integers(0, w - side + 1))
         top = int(rng.integers(0, h - side + 1))
-        crop = image.crop((left, top, left + side, top + side))
+        whole = (left, top, side, side) == (0, 0, w, h)
+        crop = image if whole else image.crop((left, top, left + side, top + side))
         if side != self.image_size:
             crop = crop.resize((self.image_size, self.image_size), Image.Resampling.BICUBIC)
         return to_tensor(crop, self.mean, self.std)
