@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import json
+import os
 from pathlib import Path
 
 import pytest
@@ -240,3 +241,21 @@ def test_a_loop_abandoned_at_exit_leaves_no_error_behind(tmp_path):
     done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stderr
     assert "Exception ignored" not in done.stderr and "Traceback" not in done.stderr, done.stderr
+
+
+def _niceness_image(image, rng=None):
+    """A transform that reports the niceness of the process it runs in, as the image."""
+    return torch.full((3, 8, 8), float(os.nice(0)))
+
+
+@pytest.mark.slow
+def test_worker_nice_lowers_only_the_workers_priority(tmp_path):
+    make_shards(tmp_path, [6])
+    base = os.nice(0)
+    loader = make_loader(str(tmp_path / "00000.tar"), workers=1, transform=_niceness_image, worker_nice=7)
+    seen = {float(v) for batch in loader for v in batch.images[:, 0, 0, 0]}
+    assert seen == {float(min(19, base + 7))} and os.nice(0) == base
+    assert keys_of(make_loader(str(tmp_path / "00000.tar"), workers=1, worker_nice=7)) == \
+        keys_of(make_loader(str(tmp_path / "00000.tar"), workers=1))  # the same batches
+    with pytest.raises(ValueError, match="data.worker_nice"):
+        DataConfig(worker_nice=20)

@@ -41,8 +41,10 @@ Transforms: ``transform(image)`` (eval) or ``transform(image, rng)`` (train; ``r
 
 from __future__ import annotations
 
+import functools
 import inspect
 import multiprocessing as mp
+import os
 import sys
 import warnings
 import zlib
@@ -76,6 +78,9 @@ class DataConfig:
     shards: spec (brace-expanded, ``::``-joined) or list of URLs; a .csv/.tsv; or a folder.
     source: ``auto`` | ``wds`` | ``csv`` | ``folder``.
     workers: DataLoader worker processes per rank (0: load in the main process).
+    worker_nice: niceness the workers add to their own (0-19, Unix). With as many compute threads as
+        cores (a CPU run), a worker at normal priority pre-empts a compute thread and the other one
+        waits at the next barrier; a nicer worker runs in those waits instead. The batches are the same.
     epoch_size: samples per epoch over all ranks (default: the shards' counts).
     resampled: draw shards with replacement (needs epoch_size or counts).
     error_budget: fraction of bad samples above which the run stops.
@@ -89,6 +94,7 @@ class DataConfig:
     source: str = "auto"
     batch_size: int = 64
     workers: int = 2
+    worker_nice: int = 0
     seed: int = 0
     epoch_size: int | None = None
     resampled: bool = False
@@ -99,6 +105,16 @@ class DataConfig:
     csv_columns: tuple[str, str] | None = None
     classnames: str | None = None
     class_templates: str | None = None
+
+    def __post_init__(self) -> None:
+        if not 0 <= self.worker_nice <= 19:
+            raise ValueError(f"data.worker_nice must be in 0-19, got {self.worker_nice}")
+
+
+def _lower_priority(nice: int, worker_id: int) -> None:
+    """DataLoader ``worker_init_fn``: raise this worker's niceness by ``nice`` (where the OS has it)."""
+    if nice and hasattr(os, "nice"):
+        os.nice(nice)
 
 
 @dataclass
@@ -346,7 +362,8 @@ class ShardLoader:
         self.dataset.start = _Start(plan, k % w, [k // w + (l < k % w) for l in range(w)], list(self._consumed))
         loader = DataLoader(self.dataset, batch_size=None, num_workers=self.config.workers,
                             pin_memory=torch.cuda.is_available(), persistent_workers=False,
-                            multiprocessing_context=_worker_context() if self.config.workers else None)
+                            multiprocessing_context=_worker_context() if self.config.workers else None,
+                            worker_init_fn=functools.partial(_lower_priority, self.config.worker_nice))
         expected = plan.expected_for_rank(self.rank, w)
         try:
             for batch in loader:
