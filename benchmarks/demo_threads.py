@@ -5,6 +5,7 @@ Run it under different OpenMP settings and loads to see what a busy machine cost
     python benchmarks/demo_threads.py runs/demo --threads 2                         # default: spinning waits
     OMP_WAIT_POLICY=PASSIVE python benchmarks/demo_threads.py runs/demo --threads 2  # sleeping waits
     (python3 -c 'while True: pass' &) ; python benchmarks/demo_threads.py runs/demo   # one core busy
+    OMP_WAIT_POLICY=PASSIVE python benchmarks/demo_threads.py runs/demo --nice 0    # worker at normal priority
 
 Prints the trainer's samples/s for ``--steps`` steps (no evaluation, no checkpoints).
 """
@@ -28,6 +29,7 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--workers", type=int, default=1)
     parser.add_argument("--batch", type=int, default=128)
+    parser.add_argument("--nice", type=int, default=None, help="data.worker_nice (default: the recipe's)")
     args = parser.parse_args()
     demo = Path(args.demo)
     shards = sorted((demo / "world" / "train").glob("*.tar"))
@@ -36,10 +38,12 @@ def main() -> None:
             "data.shards": f"{demo}/world/train/{{00000..{len(shards) - 1:05d}}}.tar", "run.out": out,
             "run.steps": str(args.steps), "eval.every": "0", "checkpoint.every": "0",
             "tokenizer.source": str(demo / "train" / "tokenizer"), "data.workers": str(args.workers),
-            "run.threads": str(args.threads), "data.batch_size": str(args.batch)})
+            "run.threads": str(args.threads), "data.batch_size": str(args.batch),
+            **({} if args.nice is None else {"data.worker_nice": str(args.nice)})})
         start = time.perf_counter()
         summary = Trainer(config).train()
-    print(f"{args.steps} steps, {args.threads} threads, {args.workers} data workers: "
+    print(f"{args.steps} steps, {args.threads} threads, {args.workers} data workers at niceness "
+          f"{config.data.worker_nice}: "
           f"{summary['samples_per_second']:.0f} samples/s ({time.perf_counter() - start:.0f} s)")
 
 
