@@ -35,6 +35,8 @@ def _values(config: Any) -> list[str]:
                          "(half-precision weights are bf16: fp16 ones would also need loss scaling of the update)")
     if optim.rounding not in ROUNDINGS:
         found.append(f"optim.rounding = {optim.rounding!r}: expected 'stochastic' or 'nearest'")
+    if config.run.processes < 1:
+        found.append(f"run.processes = {config.run.processes}: expected 1 or more")
     return found
 
 
@@ -73,8 +75,10 @@ def _batch(run: Any, data: Any) -> list[str]:
     if run.accum_steps != 1:
         found.append(f"run.global_batch = {run.global_batch} and run.accum_steps = {run.accum_steps}: set one of them "
                      "(with run.global_batch, accumulation = global_batch / (data.batch_size × processes))")
-    if run.global_batch % data.batch_size:
-        found.append(f"run.global_batch = {run.global_batch} is not a multiple of data.batch_size = {data.batch_size}")
+    per_step = data.batch_size * run.processes
+    if run.global_batch % per_step:
+        found.append(f"run.global_batch = {run.global_batch} is not a multiple of data.batch_size × run.processes = "
+                     f"{data.batch_size} × {run.processes}")
     return found
 
 

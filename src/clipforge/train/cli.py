@@ -69,13 +69,42 @@ def run(args: argparse.Namespace) -> int:
     if args.print_config:
         print(json.dumps(config.to_dict(), indent=2))
         return 0
+    summary = _train(config, args.stop_at)
+    if isinstance(summary, int):
+        return summary
+    if os.environ.get("RANK", "0") == "0":
+        print(f"done: step {summary['step']}, loss {summary['loss']}, {summary['samples_per_second']:.1f} samples/s, "
+              f"{summary['seconds']:.1f} s")
+    return 0
+
+
+def _train(config: TrainConfig, stop_at: int | None) -> dict | int:
+    """Rank 0's summary, or the exit code: run.processes > 1 starts that many processes here (each
+    reports its own error), else this process trains alone or as one of torchrun's."""
+    from clipforge.train import launch
+
+    try:
+        if not launch.launches(config):
+            return _train_here(config, stop_at)
+        return launch.launch(config, stop_at)
+    except launch.LaunchError as err:
+        print(f"clipforge train: error: {err}", file=sys.stderr)
+        return err.exit_code
+    except launch.ProcessesError as err:
+        print(f"clipforge train: error: {err}", file=sys.stderr)
+        return 2
+
+
+def _train_here(config: TrainConfig, stop_at: int | None) -> dict | int:
+    """This process's part of the run (the only one, or one of torchrun's); an exit code on a
+    refused resume or a failed collective."""
     from clipforge.train.distributed import destroy_distributed
     from clipforge.train.loop import Trainer
     from clipforge.train.state import ResumeError
     from clipforge.train.watch import CollectiveError
 
     try:
-        summary = Trainer(config).train(stop_at=args.stop_at)
+        return Trainer(config).train(stop_at=stop_at)
     except ResumeError as err:  # every rank refuses the same way; one says so
         if os.environ.get("RANK", "0") == "0":
             print(f"clipforge train: error: {err}", file=sys.stderr)
@@ -85,7 +114,3 @@ def run(args: argparse.Namespace) -> int:
         return 1
     finally:
         destroy_distributed()
-    if os.environ.get("RANK", "0") == "0":
-        print(f"done: step {summary['step']}, loss {summary['loss']}, {summary['samples_per_second']:.1f} samples/s, "
-              f"{summary['seconds']:.1f} s")
-    return 0

@@ -46,6 +46,7 @@ class RunConfig:
     device: str = "auto"  # "auto", "cpu" or "cuda"
     distributed: str = "auto"  # "auto" (DDP), "ddp" or "fsdp"
     threads: int | None = None  # torch threads per process; None: torch's default
+    processes: int = 1  # data-parallel processes clipforge starts on this machine (clipforge.train.launch)
     max_skipped_steps: int = 10  # consecutive non-finite steps before the run stops
     max_seconds: float | None = None  # a time budget: stop (checkpoint, final model) when it is spent
     crop_scale: tuple[float, float] = (0.9, 1.0)  # random square crop area range (the paper's augmentation)
