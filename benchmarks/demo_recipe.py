@@ -66,19 +66,15 @@ def world(work: Path, overrides: list[str]) -> tuple[Path, dict, dict]:
 
 def train(run_dir: Path, world_dir: Path, manifest: dict, recipe: str | None, items: list[str], seed: int):
     from clipforge.commands.demo import recipe_path, training_overrides
+    from clipforge.commands.demo import train as train_as_the_demo
     from clipforge.train.config import load_config, parse_overrides
-    from clipforge.train.distributed import destroy_distributed
-    from clipforge.train.loop import Trainer
 
     overrides = {**training_overrides(run_dir.parent, world_dir, manifest), "run.out": str(run_dir),
                  "checkpoint.resume": "none", "run.seed": str(seed), "data.seed": str(seed), **parse_overrides(items)}
     config = load_config(recipe_path(recipe), overrides)
     shutil.rmtree(run_dir, ignore_errors=True)
-    with Meter() as meter:
-        try:
-            summary = Trainer(config).train()
-        finally:
-            destroy_distributed()
+    with Meter() as meter:  # in the recipe's run.processes processes (their CPU time counted once reaped)
+        summary = train_as_the_demo(config)
     return config, summary, meter
 
 
@@ -101,13 +97,13 @@ def run(args: argparse.Namespace) -> dict:
     run_dir = work / "runs" / f"{args.tag}_s{args.seed}"
     config, summary, meter = train(run_dir, world_dir, manifest, args.config, args.set, args.seed)
     accuracy, eval_meter = score(run_dir / "final", world_dir, TASKS)
-    samples = summary["step"] * config.data.batch_size
+    samples = summary["step"] * config.data.batch_size * config.run.processes
     row = {
         "tag": args.tag, "seed": args.seed, "world": args.world, "set": args.set, "steps": summary["step"],
-        "batch": config.data.batch_size, "samples": samples, **accuracy,
+        "batch": config.data.batch_size * config.run.processes, "samples": samples, **accuracy,
         "train_cpu": round(meter.cpu, 1), "train_wall": round(meter.wall, 1),
         "samples_per_cpu_s": round(samples / meter.cpu, 1), "zeroshot_cpu": round(eval_meter.cpu, 1),
-        **world_cost, "threads": config.run.threads, "loadavg": [round(x, 2) for x in os.getloadavg()],
+        **world_cost, "threads": config.run.threads, "processes": config.run.processes, "loadavg": [round(x, 2) for x in os.getloadavg()],
         "torch": torch.__version__, "cpu": platform.processor() or platform.machine(),
         "date": time.strftime("%Y-%m-%d %H:%M"),
     }

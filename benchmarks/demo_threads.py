@@ -7,7 +7,8 @@ Run it under different OpenMP settings and loads to see what a busy machine cost
     (python3 -c 'while True: pass' &) ; python benchmarks/demo_threads.py runs/demo   # one core busy
     OMP_WAIT_POLICY=PASSIVE python benchmarks/demo_threads.py runs/demo --nice 0    # worker at normal priority
 
-Prints the trainer's samples/s for ``--steps`` steps (no evaluation, no checkpoints).
+Prints the trainer's samples/s for ``--steps`` steps (no evaluation, no checkpoints), in this one
+process (the recipe's two processes of one thread against one of two: benchmarks/demo_processes.py).
 """
 
 from __future__ import annotations
@@ -38,7 +39,7 @@ def main() -> None:
             "data.shards": f"{demo}/world/train/{{00000..{len(shards) - 1:05d}}}.tar", "run.out": out,
             "run.steps": str(args.steps), "eval.every": "0", "checkpoint.every": "0",
             "tokenizer.source": str(demo / "train" / "tokenizer"), "data.workers": str(args.workers),
-            "run.threads": str(args.threads), "data.batch_size": str(args.batch),
+            "run.processes": "1", "run.threads": str(args.threads), "data.batch_size": str(args.batch),
             **({} if args.nice is None else {"data.worker_nice": str(args.nice)})})
         start = time.perf_counter()
         summary = Trainer(config).train()

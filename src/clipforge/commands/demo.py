@@ -149,6 +149,7 @@ def others_cores(before: tuple[float, tuple[float, float] | None], seconds: floa
 
 def run(args: argparse.Namespace) -> int:
     from clipforge.train.config import ConfigError, load_config
+    from clipforge.train.launch import LaunchError
 
     start, out = time.perf_counter(), Path(args.out)
     try:
@@ -163,10 +164,14 @@ def run(args: argparse.Namespace) -> int:
     times["world"] = time.perf_counter() - start
     config = load_config(recipe_path(args.config), {**training_overrides(out, out / "world", manifest), **train_overrides})
     set_aside_stale_run(config, reused)
-    meter = cpu_meter()
-    summary = train(config)
-    summary.update(others_cores(meter, summary["seconds"]))
-    times["train"] = summary["seconds"]
+    meter, train_start = cpu_meter(), time.perf_counter()
+    try:
+        summary = train(config)
+    except LaunchError as err:  # a training process failed and said why
+        print(f"clipforge demo: error: {err}", file=sys.stderr)
+        return err.exit_code
+    times["train"] = time.perf_counter() - train_start  # the processes' start-up and the vocabulary included
+    summary.update(others_cores(meter, times["train"]))
     report_start = time.perf_counter()
     report = evaluate(Path(config.run.out) / "final", out / "world", out / "report", args.suite)
     result = summarize(out, manifest, config, summary, report)
@@ -178,11 +183,16 @@ def run(args: argparse.Namespace) -> int:
 
 
 def train(config) -> dict:
+    from clipforge.train import launch
     from clipforge.train.distributed import destroy_distributed
     from clipforge.train.loop import Trainer
 
-    print(f"[2/4] vocabulary and training: {config.run.steps} steps of {config.data.batch_size} pairs, "
-          f"model {config.model.name}, {config.run.threads or 'default'} threads, run directory {config.run.out}")
+    run = config.run
+    print(f"[2/4] vocabulary and training: {run.steps} steps of {config.data.batch_size * run.processes} pairs, "
+          f"model {config.model.name}, {run.processes} process(es) of {run.threads or 'default'} thread(s), "
+          f"run directory {run.out}")
+    if launch.launches(config):
+        return launch.launch(config)
     try:
         return Trainer(config).train()
     finally:
@@ -215,7 +225,7 @@ def expected_rate(config) -> float | None:
 
     packaged = load_config(recipe_path(None))
     same = (config.model == packaged.model and config.data.batch_size == packaged.data.batch_size
-            and config.run.threads == packaged.run.threads)
+            and config.run.threads == packaged.run.threads and config.run.processes == packaged.run.processes)
     return EXPECTED_SAMPLES_PER_SECOND if same else None
 
 
@@ -249,7 +259,8 @@ def summarize(out: Path, manifest: dict, config, summary: dict, report: dict) ->
     """The summary's numbers (``seconds`` is filled in by :func:`write_summary`)."""
     pace = speed(config, summary)
     return {"zero_shot": headline(report), "seconds": {},
-            "train": {"step": summary["step"], "loss": summary["loss"], "batch_size": config.data.batch_size,
+            "train": {"step": summary["step"], "loss": summary["loss"],
+                      "batch_size": config.data.batch_size * config.run.processes, "processes": config.run.processes,
                       "seed": config.run.seed, **pace},
             "heldout_pairs": manifest.get("heldout_pairs"), "report": str(out / "report")}
 
@@ -261,7 +272,7 @@ def write_summary(out: Path, config, result: dict, times: dict) -> None:
     result["seconds"] = {k: round(v, 1) for k, v in times.items()}
     rows, pace = result["zero_shot"], result["train"]
     (out / "summary.json").write_text(json.dumps(result, indent=2) + "\n")
-    print(f"[4/4] summary: seed {config.run.seed}, {pace['step']} steps of {config.data.batch_size} pairs "
+    print(f"[4/4] summary: seed {config.run.seed}, {pace['step']} steps of {pace['batch_size']} pairs "
           "(a fixed amount of work: the same seed gives the same numbers on any machine)")
     for task, row in rows.items():
         print(f"  zero-shot {task:<8} {100 * row['acc1']:5.1f}%  (chance {100 * row['chance']:4.1f}%)  {meaning(task)}")
@@ -271,7 +282,9 @@ def write_summary(out: Path, config, result: dict, times: dict) -> None:
         f"; other programs used {pace['others_cores']:.1f} of {os.cpu_count()} cores meanwhile"
     if (pace.get("steal_cores") or 0) >= 0.05:
         others += f", the virtual machine's host {pace['steal_cores']:.1f} (steal time)"
-    print(f"  speed: {pace['samples_per_second']:.0f} samples/s in training on {pace['threads']} threads{expected}{others}")
+    workers = f"{pace['processes']} processes of {pace['threads']} thread(s)" if pace["processes"] > 1 \
+        else f"{pace['threads']} thread(s)"
+    print(f"  speed: {pace['samples_per_second']:.0f} samples/s in training on {workers}{expected}{others}")
     print(f"  time: world {times['world']:.0f} s, training {times['train']:.0f} s, evaluation {times['evaluate']:.0f} s, "
           f"total {times['total']:.0f} s")
     if pace["warning"]:
