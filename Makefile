@@ -17,7 +17,9 @@ $(STAMP): pyproject.toml
 install: $(STAMP)
 
 # OMP_WAIT_POLICY=PASSIVE: waiting OpenMP threads sleep instead of spinning, so a program holding one
-# of the two cores slows training ~1.5x instead of ~3x (benchmarks/results/demo_recipe_2026-12-01.md).
+# of the two cores does not make them spin against it (it slowed the one-process, two-thread training
+# ~1.5x instead of ~3x: benchmarks/results/demo_recipe_2026-12-01.md; training now runs in two
+# processes of one thread, the evaluation still on two threads).
 demo: $(STAMP)
 	OMP_WAIT_POLICY=PASSIVE $(PY) -m clipforge demo --out runs/demo
 
