@@ -68,6 +68,26 @@ def test_a_failure_in_the_processes_gives_the_command_its_exit_code(common, tmp_
     assert "Traceback" not in refused.stderr  # the reason, not the launcher's log of it
 
 
+@pytest.mark.slow
+def test_a_launch_leaves_this_process_as_it_was(common, tmp_path):
+    """The elastic agent turns SIGTERM into an exception and leaves its handler (a pool forked later
+    then hangs terminating its workers): after a launch, every handler and the environment are back."""
+    import multiprocessing
+    import signal
+
+    from clipforge.train.cli import overrides_from
+    from clipforge.train.launch import launch
+
+    args = type("Args", (), {"set": [a for a in common if a != "--set"], "out": str(tmp_path / "run"), "resume": None})
+    config = load_config(None, {**overrides_from(args), "run.processes": "2"})
+    handlers = {s: signal.getsignal(s) for s in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGQUIT)}
+    environment = dict(os.environ)
+    assert launch(config)["step"] == 4
+    assert {s: signal.getsignal(s) for s in handlers} == handlers and dict(os.environ) == environment
+    with multiprocessing.get_context("fork").Pool(2) as pool:  # terminated with SIGTERM on leaving
+        assert pool.map(abs, [-1, -2]) == [1, 2]
+
+
 def test_processes_must_agree_with_torchrun(monkeypatch):
     config = load_config(None, {"run.processes": "2"})
     monkeypatch.delenv("WORLD_SIZE", raising=False)

@@ -85,7 +85,7 @@ def _train(config: TrainConfig, stop_at: int | None) -> dict | int:
 
     try:
         if not launch.launches(config):
-            return _train_here(config, stop_at)
+            return launch.train_here(config, stop_at)
         return launch.launch(config, stop_at)
     except launch.LaunchError as err:
         print(f"clipforge train: error: {err}", file=sys.stderr)
@@ -93,24 +93,3 @@ def _train(config: TrainConfig, stop_at: int | None) -> dict | int:
     except launch.ProcessesError as err:
         print(f"clipforge train: error: {err}", file=sys.stderr)
         return 2
-
-
-def _train_here(config: TrainConfig, stop_at: int | None) -> dict | int:
-    """This process's part of the run (the only one, or one of torchrun's); an exit code on a
-    refused resume or a failed collective."""
-    from clipforge.train.distributed import destroy_distributed
-    from clipforge.train.loop import Trainer
-    from clipforge.train.state import ResumeError
-    from clipforge.train.watch import CollectiveError
-
-    try:
-        return Trainer(config).train(stop_at=stop_at)
-    except ResumeError as err:  # every rank refuses the same way; one says so
-        if os.environ.get("RANK", "0") == "0":
-            print(f"clipforge train: error: {err}", file=sys.stderr)
-        return 2
-    except CollectiveError as err:  # each rank says where it was and which ranks it waited for
-        print(f"clipforge train: error: {err}", file=sys.stderr, flush=True)
-        return 1
-    finally:
-        destroy_distributed()

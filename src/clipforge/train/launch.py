@@ -17,6 +17,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import signal
 import sys
 import traceback
 import uuid
@@ -61,7 +62,7 @@ def launch(config: Any, stop_at: int | None = None) -> dict[str, Any]:
                                  rdzv_backend="c10d", rdzv_endpoint="127.0.0.1:0", max_restarts=0,
                                  monitor_interval=0.1, start_method="spawn")
     try:
-        with _quiet_agent():  # each process says what went wrong itself, once
+        with _quiet_agent(), _restored(launch_config.signals_to_handle):
             results = elastic_launch(launch_config, _train_rank)(config, stop_at)
     except ChildFailedError as err:
         codes = {rank: failure.exitcode for rank, failure in err.failures.items()}
@@ -72,9 +73,30 @@ def launch(config: Any, stop_at: int | None = None) -> dict[str, Any]:
 
 
 @contextlib.contextmanager
+def _restored(signals: str):
+    """This process's signal handlers (and environment) as they were before the launch.
+
+    The agent installs handlers that turn SIGTERM and the like into an exception, and leaves them:
+    a process forked later (a multiprocessing pool) would inherit them, and a pool terminating its
+    workers with SIGTERM then hangs on a worker that raised at exit instead of dying.
+    """
+    numbers = [getattr(signal, name) for name in signals.split(",") if hasattr(signal, name)]
+    handlers = {number: signal.getsignal(number) for number in numbers}
+    environment = dict(os.environ)
+    try:
+        yield
+    finally:
+        for number, handler in handlers.items():
+            signal.signal(number, signal.SIG_DFL if handler is None else handler)
+        for key in set(os.environ) - set(environment):
+            del os.environ[key]
+        os.environ.update(environment)
+
+
+@contextlib.contextmanager
 def _quiet_agent():
-    """The elastic agent's own log (start-up notes, a failed process's exit logged at length, the
-    others' termination) off."""
+    """Each process says what went wrong itself, once: the elastic agent's own log (start-up notes,
+    a failed process's exit logged at length, the others' termination) off."""
     loggers = [logging.getLogger(name) for name in ("torch.distributed.elastic", "torch.multiprocessing")]
     levels = [logger.level for logger in loggers]
     for logger in loggers:
@@ -87,9 +109,23 @@ def _quiet_agent():
 
 
 def _train_rank(config: Any, stop_at: int | None) -> dict[str, Any]:
-    """One launched process: the trainer, as under torchrun (its environment names the rank). A
-    refused resume (every rank refuses alike: rank 0 says so) exits 2, a failed collective 1 (each
-    rank says where it was), as ``clipforge train`` does under torchrun."""
+    """One launched process: the trainer, as under torchrun (its environment names the rank); a
+    refused resume or a failed collective exits with :func:`train_here`'s code."""
+    try:
+        result = train_here(config, stop_at)
+    except Exception:  # the launcher would only log it: the traceback, from the process itself
+        traceback.print_exc()
+        sys.stderr.flush()
+        raise SystemExit(1) from None
+    if isinstance(result, int):
+        raise SystemExit(result)
+    return result
+
+
+def train_here(config: Any, stop_at: int | None = None) -> dict[str, Any] | int:
+    """This process's part of the run (the only one, or one of several): rank 0's summary, or an exit
+    code: 2 on a refused resume (every rank refuses alike; rank 0 says why), 1 on a failed collective
+    (each rank says where it was and which ranks it waited for)."""
     from clipforge.train.distributed import destroy_distributed
     from clipforge.train.loop import Trainer
     from clipforge.train.state import ResumeError
@@ -98,15 +134,11 @@ def _train_rank(config: Any, stop_at: int | None) -> dict[str, Any]:
     try:
         return Trainer(config).train(stop_at=stop_at)
     except ResumeError as err:
-        if os.environ.get("RANK") == "0":
+        if os.environ.get("RANK", "0") == "0":
             print(f"clipforge train: error: {err}", file=sys.stderr, flush=True)
-        raise SystemExit(2) from None
+        return 2
     except CollectiveError as err:
         print(f"clipforge train: error: {err}", file=sys.stderr, flush=True)
-        raise SystemExit(1) from None
-    except Exception:  # the launcher would only log it: the traceback, from the process itself
-        traceback.print_exc()
-        sys.stderr.flush()
-        raise SystemExit(1) from None
+        return 1
     finally:
         destroy_distributed()
