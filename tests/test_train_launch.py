@@ -75,11 +75,11 @@ def test_a_launch_leaves_this_process_as_it_was(common, tmp_path):
     import multiprocessing
     import signal
 
-    from clipforge.train.cli import overrides_from
+    from clipforge.train.config import parse_overrides
     from clipforge.train.launch import launch
 
-    args = type("Args", (), {"set": [a for a in common if a != "--set"], "out": str(tmp_path / "run"), "resume": None})
-    config = load_config(None, {**overrides_from(args), "run.processes": "2"})
+    settings = parse_overrides([arg for arg in common if arg != "--set"])
+    config = load_config(None, {**settings, "run.out": str(tmp_path / "run"), "run.processes": "2"})
     handlers = {s: signal.getsignal(s) for s in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGQUIT)}
     environment = dict(os.environ)
     assert launch(config)["step"] == 4
